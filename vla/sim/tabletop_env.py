@@ -132,6 +132,11 @@ class TabletopEnv(gym.Env):
         both = touching["left"] & touching["right"]
         return next(iter(sorted(both)), None)
 
+    def _holding_target(self) -> bool:
+        """Grasped and lifted: pushing with closed fingers touches an object with both pads too."""
+        lifted = self.object_pose(self.task.obj)[2] > scene.OBJECTS_BY_NAME[self.task.obj].half_height + 0.01
+        return lifted and self.grasped_object() == self.task.obj
+
     def scene_view(self) -> SceneView:
         positions, up_z = {}, {}
         for name in scene.OBJECT_NAMES:
@@ -173,7 +178,8 @@ class TabletopEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Options: `task` (switch task), `init_state` (a stored initial state); else one is sampled from `seed`."""
         super().reset(seed=seed)
-        if options is None and self.queued_reset_options is not None:
+        # A vector env's masked reset passes `{}`; its per-slot options come through `queued_reset_options`.
+        if not options and self.queued_reset_options is not None:
             options, self.queued_reset_options = self.queued_reset_options, None
         options = options or {}
         if "task" in options:
@@ -190,7 +196,7 @@ class TabletopEnv(gym.Env):
         self.steps = 0
         self.grasp_lost = 0
         self.success = False
-        self._held = self.grasped_object() == self.task.obj
+        self._held = self._holding_target()
         self._gripper_override = 0
         self._dropped = False
         return self._observation(), self._info()
@@ -211,7 +217,7 @@ class TabletopEnv(gym.Env):
             mujoco.mj_step(self.model, self.data)
         self.steps += 1
 
-        held = self.grasped_object() == self.task.obj
+        held = self._holding_target()
         if self._held and not held and gripper < GRIPPER_CLOSED_BELOW:
             self.grasp_lost += 1
         self._held = held
@@ -246,6 +252,7 @@ class TabletopEnv(gym.Env):
     def _info(self) -> dict:
         return {
             "success": self.success,
+            "steps": self.steps,
             "grasp_lost": self.grasp_lost,
             "privileged": self.data.qpos.copy(),
             "task_name": self.task.name,

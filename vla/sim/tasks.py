@@ -135,8 +135,8 @@ def _resting_on_table(view: SceneView, name: str) -> bool:
 
 
 def is_success(task: Task, view: SceneView) -> bool:
-    """The task's goal holds and the robot has let go of the object."""
-    if view.grasped == task.obj:
+    """The task's goal holds and, for tasks that carry the object, the robot has let go of it."""
+    if view.grasped == task.obj and task.family != "push":
         return False
     pos = view.positions[task.obj]
     obj = scene.OBJECTS_BY_NAME[task.obj]

@@ -1,0 +1,69 @@
+"""Config schemas for the command-line apps, registered with hydra's ConfigStore.
+
+The YAML files in `conf/` fill these in; an unknown key or a value of the
+wrong type fails at start-up with hydra's message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class EnvConfig:
+    name: str = "tabletop"
+    robot: str = "panda"
+    image_size: int = 128
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    control_hz: int = 10
+
+
+@dataclass
+class PerturbationConfig:
+    kind: str = "none"  # none | move | drop
+    step: int = 30
+
+
+@dataclass
+class EvalConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: str = "expert"  # expert | a checkpoint directory
+    tasks: Any = "all"  # all | a family | a task name | a list or comma-separated names
+    episodes: int = 50  # per task, from the stored initial states
+    num_envs: int = 2  # parallel environment processes
+    instruction: str = "canonical"  # canonical | train | held_out
+    videos_per_task: int = 1
+    seed: int = 0
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+    out: str = "outputs/eval"
+
+
+@dataclass
+class RecordConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    source: str = "expert"  # expert | keyboard
+    task: Any = "all"  # all | a family | a task name | a list or comma-separated names
+    episodes: int = 50  # successful episodes per task
+    root: str = "data/tabletop"
+    resume: bool = False
+    keep_failed: bool = False
+    instruction: str = "train"  # canonical | train | held_out
+    seed: int = 0
+    max_attempts_factor: int = 3  # give up on a task after episodes * this many attempts
+
+
+def env_kwargs(env: EnvConfig, **extra) -> dict:
+    """Keyword arguments for `TabletopEnv` from the env config."""
+    if env.name != "tabletop":
+        raise ValueError(f"env.name: only 'tabletop' is available here, got '{env.name}'")
+    return {"robot": env.robot, "image_size": env.image_size, "cameras": tuple(env.cameras),
+            "control_hz": env.control_hz, **extra}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="record_schema", node=RecordConfig)
