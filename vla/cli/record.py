@@ -1,0 +1,42 @@
+"""vla-record: record episodes from a source into a LeRobotDataset v3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+
+from vla.cli import configs
+from vla.cli.errors import user_errors
+from vla.limits import CONF_DIR
+from vla.sim.tasks import resolve_tasks
+
+configs.register()
+
+SOURCES = ("expert", "keyboard")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="record", version_base="1.3")
+def main(cfg: configs.RecordConfig) -> None:
+    with user_errors():
+        tasks = resolve_tasks(cfg.task)
+        env_kwargs = configs.env_kwargs(cfg.env, instruction_mode=cfg.instruction)
+        root = Path(cfg.root)
+        if cfg.source == "expert":
+            from vla.data.record import record_expert
+
+            summary = record_expert(tasks, cfg.episodes, root, env_kwargs, session_seed=cfg.seed, resume=cfg.resume,
+                                    keep_failed=cfg.keep_failed, max_attempts_factor=cfg.max_attempts_factor)
+            for task, n in summary.recorded.items():
+                print(f"{task:40s} kept {n:4d} of {summary.attempts[task]:4d} attempts")
+            print(f"{root}: {summary.total_episodes} episodes in the dataset")
+        elif cfg.source == "keyboard":
+            from vla.data.teleop import record_keyboard
+
+            record_keyboard(tasks, root, env_kwargs, session_seed=cfg.seed, resume=cfg.resume)
+        else:
+            raise ValueError(f"source: expected one of {', '.join(SOURCES)}, got '{cfg.source}'")
+
+
+if __name__ == "__main__":
+    main()
