@@ -240,7 +240,7 @@ class ScriptedExpert:
         obj_xy = view.positions[self.task.obj][:2]
         to_pad = scene.PAD_CENTER - obj_xy
         direction = to_pad / (np.linalg.norm(to_pad) + 1e-9)
-        behind = obj_xy - direction * (obj.grasp_width / 2 + 0.03)
+        behind = obj_xy - direction * (obj.radius + 0.035)
         push_z = 0.02
         self.gripper = CLOSED
         if self.phase == "approach":
@@ -261,7 +261,7 @@ class ScriptedExpert:
             # Steer the pusher so the object's centre goes to the pad's centre.
             goal = np.array([*(scene.PAD_CENTER - direction * (obj.grasp_width / 2 + 0.012)), push_z])
             lateral = np.cross(np.append(direction, 0), np.append(pinch[:2] - behind, 0))[2]
-            if abs(lateral) > 0.025:
+            if abs(lateral) > 0.03:
                 self._go("approach")
             return goal, 0.5 * style.speed
         return self.target_pos.copy(), style.speed

@@ -27,12 +27,18 @@ _CORRIDOR_CLEARANCE = 0.075  # m around a pushed object's path that other object
 _ARM_NOISE = 0.05  # rad, uniform, around the home pose
 
 
+_MIN_PUSH_START_X = 0.33  # m; closer to the base the folded arm cannot get its fingers down behind an object
+
+
 def _push_corridor_clear(task: Task, positions: dict[str, np.ndarray]) -> bool:
-    """No other object near the segment from behind the pushed object to the pad's far side."""
+    """The push starts within reach, and no other object is near the segment from behind the pushed
+    object to the pad's far side."""
     start = positions[task.obj]
     direction = scene.PAD_CENTER - start
     direction /= np.linalg.norm(direction)
     a, b = start - 0.08 * direction, scene.PAD_CENTER + scene.PAD_HALF * direction
+    if a[0] < _MIN_PUSH_START_X:
+        return False
     for name, xy in positions.items():
         if name == task.obj:
             continue

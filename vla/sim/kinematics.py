@@ -43,13 +43,13 @@ class PinchIK:
     def site_pose(self) -> tuple[np.ndarray, np.ndarray]:
         return self.data.site_xpos[self.site_id].copy(), self.data.site_xmat[self.site_id].reshape(3, 3).copy()
 
-    def solve(self, pos: np.ndarray, rot: np.ndarray, iterations: int = 12, damping: float = 1e-3) -> np.ndarray:
+    def solve(self, pos: np.ndarray, rot: np.ndarray, iterations: int = 16, damping: float = 1e-3) -> np.ndarray:
         """Arm joint positions that bring the site to (pos, rot), starting from the current `set_qpos` state."""
         q = self.data.qpos[self.qpos_idx].copy()
         target_quat = np.zeros(4)
         mujoco.mju_mat2Quat(target_quat, rot.flatten())
         site_quat, err_rot = np.zeros(4), np.zeros(3)
-        for _ in range(iterations):
+        for iteration in range(iterations):
             site_pos, site_mat = self.site_pose()
             mujoco.mju_mat2Quat(site_quat, site_mat.flatten())
             mujoco.mju_subQuat(err_rot, target_quat, site_quat)  # in the site's frame
@@ -58,8 +58,10 @@ class PinchIK:
             jac = np.vstack([self._jacp, self._jacr])[:, self.dof_idx]  # (6, 7)
             jjt = jac @ jac.T + damping * np.eye(6)
             dq = jac.T @ np.linalg.solve(jjt, error)
-            null = np.eye(len(q)) - np.linalg.pinv(jac) @ jac
-            dq += null @ (0.1 * (self.limits.home - q))
+            if iteration < iterations // 2:
+                # Pull toward home in the null space first; the last iterations close the task error alone.
+                null = np.eye(len(q)) - np.linalg.pinv(jac) @ jac
+                dq += null @ (0.1 * (self.limits.home - q))
             q = np.clip(q + dq, self.limits.position_lower, self.limits.position_upper)
             self.data.qpos[self.qpos_idx] = q
             mujoco.mj_kinematics(self.model, self.data)

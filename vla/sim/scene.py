@@ -1,8 +1,8 @@
 """Physics: the tabletop scene as an MjSpec.
 
 The Franka Panda (with a Robotiq 2F-85 parallel gripper) comes from the `gym-hil`
-PyPI package's MJCF; its torque motors are replaced by position actuators whose
-force range is the effort limit from `conf/robot/panda.yaml`. Around it: a
+PyPI package's MJCF; its torque motors are replaced by position servos over the
+joint ranges of `conf/robot/panda.yaml`, with gravity compensation as on the real arm. Around it: a
 table, five objects that differ in colour and shape, a bin, a plate, a push
 target pad, and front and wrist cameras. Every task shares this one scene.
 """
@@ -37,6 +37,11 @@ class ObjectSpec:
     rgba: tuple[float, float, float, float]
     half_height: float
     grasp_width: float  # width across the jaws when grasped, m
+
+    @property
+    def radius(self) -> float:
+        """Horizontal bounding radius, m."""
+        return float(np.hypot(self.size[0], self.size[1])) if self.shape == "box" else self.size[0]
 
 
 OBJECTS: tuple[ObjectSpec, ...] = (
@@ -109,10 +114,11 @@ def build_spec(limits: RobotLimits, image_size: int) -> mujoco.MjSpec:
 
     for i, joint_name in enumerate(limits.joint_names):
         actuator = spec.actuator(f"actuator{i + 1}")
+        # Not force-limited: MuJoCo's implicit integrator treats the servo's damping as unclamped, and a
+        # clamped one fed the joint1/joint3 self-motion near the elbow singularity (measured: 0.7 rad/s
+        # drift at the effort limit). The effort limits stay in conf/robot for the bridge.
         actuator.set_to_position(kp=_KP[i], kv=_KV[i])
         actuator.ctrlrange = [limits.position_lower[i], limits.position_upper[i]]
-        actuator.forcerange = [-limits.effort[i], limits.effort[i]]
-        actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
         actuator.target = joint_name
     for body in spec.bodies:
         if body.name != "world":

@@ -97,7 +97,8 @@ class TabletopEnv(gym.Env):
             f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
             for c in self.cameras
         }
-        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (n + 1,), np.float32)
+        # Joint ranges are hard limits in the model; the margin covers contact penetration.
+        spaces["observation.state"] = gym.spaces.Box(low - 0.05, high + 0.05, (n + 1,), np.float32)
         spaces["task"] = gym.spaces.Text(max_length=256, charset=frozenset(gym.spaces.text.alphanumeric) | frozenset(" ,.'-"))
         self.observation_space = gym.spaces.Dict(spaces)
 

@@ -83,16 +83,16 @@ class Task:
 
 
 _ALL = (
-    Task("put_red_cube_in_bin", "pick_place_bin", "red_cube", "bin", 120),
-    Task("put_blue_cylinder_in_bin", "pick_place_bin", "blue_cylinder", "bin", 120),
-    Task("put_purple_ball_in_bin", "pick_place_bin", "purple_ball", "bin", 120),
-    Task("put_green_cube_on_plate", "pick_place_plate", "green_cube", "plate", 120),
-    Task("put_yellow_bar_on_plate", "pick_place_plate", "yellow_bar", "plate", 120),
-    Task("stack_red_cube_on_green_cube", "stack", "red_cube", "green_cube", 120),
-    Task("stack_green_cube_on_red_cube", "stack", "green_cube", "red_cube", 120),
-    Task("stack_blue_cylinder_on_green_cube", "stack", "blue_cylinder", "green_cube", 120),
-    Task("push_red_cube_to_pad", "push", "red_cube", "pad", 100),
-    Task("push_yellow_bar_to_pad", "push", "yellow_bar", "pad", 100),
+    Task("put_red_cube_in_bin", "pick_place_bin", "red_cube", "bin", 150),
+    Task("put_blue_cylinder_in_bin", "pick_place_bin", "blue_cylinder", "bin", 150),
+    Task("put_purple_ball_in_bin", "pick_place_bin", "purple_ball", "bin", 150),
+    Task("put_green_cube_on_plate", "pick_place_plate", "green_cube", "plate", 150),
+    Task("put_yellow_bar_on_plate", "pick_place_plate", "yellow_bar", "plate", 150),
+    Task("stack_red_cube_on_green_cube", "stack", "red_cube", "green_cube", 150),
+    Task("stack_green_cube_on_red_cube", "stack", "green_cube", "red_cube", 150),
+    Task("stack_blue_cylinder_on_green_cube", "stack", "blue_cylinder", "green_cube", 150),
+    Task("push_red_cube_to_pad", "push", "red_cube", "pad", 120),
+    Task("push_yellow_bar_to_pad", "push", "yellow_bar", "pad", 120),
 )
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
