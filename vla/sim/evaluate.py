@@ -65,7 +65,8 @@ def _make_vector_env(settings: EvalSettings, num_envs: int) -> gym.vector.Vector
     kwargs = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([make], **kwargs)
-    return gym.vector.AsyncVectorEnv([make] * num_envs, context="spawn", **kwargs)
+    # No shared memory: it stores the `task` text as fixed-size blanks; pickled observations keep it.
+    return gym.vector.AsyncVectorEnv([make] * num_envs, context="spawn", shared_memory=False, **kwargs)
 
 
 def _slot_obs(obs: dict, info: dict, i: int) -> dict:

@@ -28,6 +28,7 @@ _ARM_NOISE = 0.05  # rad, uniform, around the home pose
 
 
 _MIN_PUSH_START_X = 0.33  # m; closer to the base the folded arm cannot get its fingers down behind an object
+_MAX_PUSH_START_Y = 0.15  # m; further out the fingers come down on the bin's or the plate's rim
 
 
 def _push_corridor_clear(task: Task, positions: dict[str, np.ndarray]) -> bool:
@@ -37,7 +38,7 @@ def _push_corridor_clear(task: Task, positions: dict[str, np.ndarray]) -> bool:
     direction = scene.PAD_CENTER - start
     direction /= np.linalg.norm(direction)
     a, b = start - 0.08 * direction, scene.PAD_CENTER + scene.PAD_HALF * direction
-    if a[0] < _MIN_PUSH_START_X:
+    if a[0] < _MIN_PUSH_START_X or abs(a[1]) > _MAX_PUSH_START_Y:
         return False
     for name, xy in positions.items():
         if name == task.obj:
