@@ -55,10 +55,10 @@ OBJECT_NAMES = tuple(o.name for o in OBJECTS)
 OBJECTS_BY_NAME = {o.name: o for o in OBJECTS}
 
 # Fixtures (world frame, table top at z = 0).
-BIN_CENTER = np.array([0.42, -0.30])
+BIN_CENTER = np.array([0.42, -0.32])
 BIN_INNER_HALF = 0.075
 BIN_WALL_HEIGHT = 0.05
-PLATE_CENTER = np.array([0.42, 0.30])
+PLATE_CENTER = np.array([0.42, 0.32])
 PLATE_RADIUS = 0.07
 PLATE_HALF_HEIGHT = 0.006
 PAD_CENTER = np.array([0.68, 0.0])
