@@ -106,7 +106,8 @@ def main() -> None:
     (args.out / "sim_throughput.json").write_text(json.dumps(results, indent=2))
     rows = [
         ("raw `mj_step` (anchor)", f"{raw_physics:,.0f} physics steps/s", "1.00"),
-        ("env step, no rendering", f"{env_no_render:,.1f} env steps/s = {env_no_render * substeps:,.0f} physics steps/s",
+        ("env step, no rendering",
+         f"{env_no_render:,.1f} env steps/s = {env_no_render * substeps:,.0f} physics steps/s",
          f"{results['env_overhead_ratio_no_render']:.2f}x slower than raw"),
         (f"env step, {len(seeing.cameras)} cameras at {seeing.image_size}px", f"{env_render:,.1f} env steps/s",
          f"{results['render_cost_ratio']:.1f}x slower than no rendering"),

@@ -43,7 +43,7 @@ def main(cfg: configs.EvalConfig) -> None:
         )
         make_policy = policy_factory(cfg.policy, cfg.env)
         out = Path(cfg.out)
-        report = evaluate(make_policy, settings, out, policy_name=cfg.policy)
+        evaluate(make_policy, settings, out, policy_name=cfg.policy)
         print((out / "report.md").read_text())
         print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'success.png'}, {out / 'videos'}/")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mujoco
 import numpy as np
 
 from vla.limits import RobotLimits, load_robot_limits
@@ -191,8 +190,9 @@ class ScriptedExpert:
                 self.in_hand_offset = obj_pos - pinch
                 self._go("lift")
             return self.target_pos.copy(), style.speed
-        if self.phase in ("lift", "transport", "lower") and np.linalg.norm(obj_pos - pinch - self.in_hand_offset) > 0.03:
-            self._go("retry")  # the object slipped
+        slipped = np.linalg.norm(obj_pos - pinch - self.in_hand_offset) > 0.03
+        if self.phase in ("lift", "transport", "lower") and slipped:
+            self._go("retry")
         if self.phase == "lift":
             goal = np.array([*self.target_pos[:2], style.carry])
             if self._reached(pinch, goal, 0.015):

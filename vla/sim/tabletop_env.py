@@ -99,7 +99,8 @@ class TabletopEnv(gym.Env):
         }
         # Joint ranges are hard limits in the model; the margin covers contact penetration.
         spaces["observation.state"] = gym.spaces.Box(low - 0.05, high + 0.05, (n + 1,), np.float32)
-        spaces["task"] = gym.spaces.Text(max_length=256, charset=frozenset(gym.spaces.text.alphanumeric) | frozenset(" ,.'-"))
+        charset = frozenset(gym.spaces.text.alphanumeric) | frozenset(" ,.'-")
+        spaces["task"] = gym.spaces.Text(max_length=256, charset=charset)
         self.observation_space = gym.spaces.Dict(spaces)
 
     def _index_model(self) -> None:
