@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
+.venv/bin/ruff check vla tests benchmarks
 .venv/bin/python -m pytest -m "not slow and not gpu" "$@"

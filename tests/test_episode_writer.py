@@ -35,9 +35,9 @@ def make_frame(episode: int, index: int) -> dict:
     """Frame `index` of episode `episode`; every image, state and action value tells which frame it is."""
     value = 20 + 20 * index  # neighbouring frames differ by 20 grey levels, far above the codec error
     front = np.empty((SIZE, SIZE, 3), np.uint8)
-    front[...] = (value, 255 - value, 60 * episode)
+    front[...] = (value, 255 - value, 60 * episode % 256)
     wrist = np.empty((SIZE, SIZE, 3), np.uint8)
-    wrist[...] = (60 * episode, value, 255 - value)
+    wrist[...] = (60 * episode % 256, value, 255 - value)
     return {
         "observation.images.front": front,
         "observation.images.wrist": wrist,
@@ -89,6 +89,10 @@ def test_round_trip(tmp_path: Path) -> None:
         outcomes = {seed_of(e): success_of(e) for e in range(3)}
         assert writer.recorded_episodes() == outcomes
     check_dataset(root, 3)
+    columns = ["episode_index", "episode.seed", "episode.success"]
+    episodes = LeRobotDataset("local/demo", root=root).hf_dataset.select_columns(columns).to_pandas()
+    episodes = episodes.drop_duplicates("episode_index")  # the recipe of the episode_writer docstring
+    assert episodes.values.tolist() == [[e, seed_of(e), success_of(e)] for e in range(3)]
     with open_writer(root, resume=True) as writer:
         assert writer.recorded_episodes() == outcomes  # read back from disk
 
