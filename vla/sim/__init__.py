@@ -1,6 +1,12 @@
 """Simulation: the MuJoCo tabletop suite, scripted experts and evaluation."""
 
-import gymnasium as gym
+import os
+
+# Headless by default: render offscreen through EGL unless the user chose a backend (glfw, osmesa).
+# This must happen before mujoco is first imported, here and in every env worker process.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym  # noqa: E402
 
 TABLETOP_ENV_ID = "vla/Tabletop-v0"
 

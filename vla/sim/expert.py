@@ -165,7 +165,8 @@ class ScriptedExpert:
         style, task = self.style, self.task
         obj = scene.OBJECTS_BY_NAME[task.obj]
         obj_pos = view.positions[task.obj]
-        grasp_z = max(obj_pos[2] - 0.2 * obj.half_height, 0.012)
+        # Close on the pads' centre line: a ball squeezed below its equator pops up between the fingers.
+        grasp_z = obj_pos[2] + 0.005 if obj.shape == "sphere" else max(obj_pos[2] - 0.2 * obj.half_height, 0.012)
         above_obj = np.array([obj_pos[0], obj_pos[1], obj_pos[2] + obj.half_height + style.hover])
 
         if self.phase == "approach":

@@ -27,6 +27,7 @@ from vla.sim.init_states import free_spot, sample_init_state
 from vla.sim.tasks import INSTRUCTION_MODES, SceneView, Task, get_task, is_success
 
 GRIPPER_CLOSED_BELOW = 0.5  # a gripper command under this means "close"
+DROP_DISTANCE = 0.02  # m from the pinch point beyond which an object out of the fingers counts as dropped
 STATE_DIM = 8
 ACTION_DIM = 8
 
@@ -107,6 +108,7 @@ class TabletopEnv(gym.Env):
         m = self.model
         self._arm_qpos = np.array([m.joint(j).qposadr[0] for j in self.limits.joint_names])
         self._driver_qpos = m.joint("right_driver_joint").qposadr[0]
+        self._pinch_site = m.site("pinch").id
         self._object_qpos = {o: m.joint(o).qposadr[0] for o in scene.OBJECT_NAMES}
         self._object_geom = {m.geom(o).id: o for o in scene.OBJECT_NAMES}
         finger_bodies = {"left": ("left_pad", "left_silicone_pad", "left_follower"),
@@ -133,6 +135,21 @@ class TabletopEnv(gym.Env):
                             touching[side].add(self._object_geom[other])
         both = touching["left"] & touching["right"]
         return next(iter(sorted(both)), None)
+
+    def _update_held(self, meant_to_hold: bool) -> None:
+        """Track the target object in hand; it is lost when it leaves the fingers while the policy holds on.
+
+        Pad contacts flicker on round objects, so leaving the fingers also means moving off the pinch point.
+        """
+        if not self._held:
+            self._held = self._holding_target()
+            return
+        away = np.linalg.norm(self.object_pose(self.task.obj)[:3] - self.data.site_xpos[self._pinch_site])
+        if not meant_to_hold:
+            self._held = False  # released on purpose
+        elif away > DROP_DISTANCE and self.grasped_object() != self.task.obj:
+            self._held = False
+            self.grasp_lost += 1
 
     def _holding_target(self) -> bool:
         """Grasped and lifted: pushing with closed fingers touches an object with both pads too."""
@@ -219,11 +236,8 @@ class TabletopEnv(gym.Env):
             mujoco.mj_step(self.model, self.data)
         self.steps += 1
 
-        held = self._holding_target()
-        if self._held and not held and gripper < GRIPPER_CLOSED_BELOW:
-            self.grasp_lost += 1
-        self._held = held
-        self._maybe_perturb(held)
+        self._update_held(meant_to_hold=target[n] < GRIPPER_CLOSED_BELOW)
+        self._maybe_perturb(self._held)
 
         self.success = is_success(self.task, self.scene_view())
         truncated = self.steps >= self.task.max_steps and not self.success
