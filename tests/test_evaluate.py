@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vla.sim.report import summarize, wilson_interval
+from vla.sim.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 VLA_EVAL = Path(sys.executable).parent / "vla-eval"
@@ -59,7 +60,10 @@ def test_eval_cli_contract(tmp_path):
     assert (out / "report.md").read_text().startswith("# Evaluation")
     assert (out / "success.png").stat().st_size > 1000
     assert len(list((out / "videos").glob("*.mp4"))) == 2
-    assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4
+    # The instruction crosses the process boundary intact (shared memory used to blank it).
+    assert {e["instruction"] for e in episodes} == {get_task(t).instructions[0] for t in report["tasks"]}
 
 
 @pytest.mark.parametrize(
