@@ -51,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,6 +132,8 @@ class EpisodeWriter:
             raise ValueError(f"image_size must be a positive even number (h264 needs even sizes), got {image_size}")
         if state_dim < 1 or action_dim < 1:
             raise ValueError(f"state_dim and action_dim must be >= 1, got {state_dim} and {action_dim}")
+        # libx264 prints a banner per video through PyAV's INFO logging: one per camera per episode.
+        av.logging.set_level(av.logging.ERROR)
         self._features = dataset_features(camera_names, image_size, state_dim, action_dim)
         self._frames: list[dict[str, Any]] = []
         repo_id = f"local/{self.root.name}"
