@@ -259,6 +259,10 @@ class TabletopEnv(gym.Env):
             self._gripper_override = 5
             self._dropped = True
 
+    def camera_images(self) -> dict[str, np.ndarray]:
+        """Render every camera now, whatever `render_images` says (for processes that render at their own rate)."""
+        return {camera: self._render_camera(camera, force=True) for camera in self.cameras}
+
     def _observation(self) -> dict:
         obs = {f"observation.images.{c}": self._render_camera(c) for c in self.cameras}
         obs["observation.state"] = self.robot_state()
@@ -275,9 +279,9 @@ class TabletopEnv(gym.Env):
         }
 
     # ------------------------------------------------------------------ rendering
-    def _render_camera(self, camera: str, size: int | None = None) -> np.ndarray:
+    def _render_camera(self, camera: str, size: int | None = None, force: bool = False) -> np.ndarray:
         size = size or self.image_size
-        if not self.render_images:
+        if not (self.render_images or force):
             return np.zeros((size, size, 3), np.uint8)
         if self._renderer is None or self._renderer.height != size:
             self.close_renderer()
