@@ -94,6 +94,8 @@ _CHANNELS: dict[str, _Channel] = {
     "command": _Channel(Float64MultiArray, "bridge", **_RELIABLE),
     "trajectory": _Channel(JointTrajectory, "bridge", **_RELIABLE),
     "diagnostics": _Channel(DiagnosticArray, "bridge", **_RELIABLE),
+    # Simulation only: the MuJoCo robot's full state, for privileged scripted experts. Real robots never publish it.
+    "sim_state": _Channel(Float64MultiArray, "robot", **_RELIABLE),
 }
 _CAMERA = _Channel(Image, "robot", writer_qos=_qos(False, 1), reader_qos=_qos(False, 1))
 
@@ -113,6 +115,7 @@ class DdsConfig:
     command: str = "/forward_position_controller/commands"
     trajectory: str = "/joint_trajectory_controller/joint_trajectory"
     diagnostics: str = "/diagnostics"
+    sim_state: str = "/vla_sim/state"
 
     def __post_init__(self) -> None:
         # 0..232 keeps Cyclone's default port mapping (7400 + 250 * domain_id + ...) within the UDP port range.
@@ -157,6 +160,9 @@ class DdsBridgeTransport:
 
     # robot side writes
 
+    def publish_sim_state(self, msg: Float64MultiArray) -> None:
+        self._write("sim_state", msg)
+
     def publish_joint_state(self, msg: JointState) -> None:
         self._write("joint_states", msg)
 
@@ -195,6 +201,9 @@ class DdsBridgeTransport:
     def take_latest_estop(self) -> bool | None:
         msg = self._take_latest("estop")
         return None if msg is None else msg.data
+
+    def take_latest_sim_state(self) -> Float64MultiArray | None:
+        return self._take_latest("sim_state")
 
     # robot side reads
 
