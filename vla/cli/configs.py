@@ -55,6 +55,24 @@ class RecordConfig:
     max_attempts_factor: int = 3  # give up on a task after episodes * this many attempts
 
 
+@dataclass
+class BridgeConfig:
+    transport: str = "dds"  # dds (Cyclone DDS, no ROS install) | ros2 (rclpy)
+    robot: Any = None  # the conf/robot/<arm>.yaml group (`robot=panda`); code reads it by `robot.name`
+    policy: str = "expert"  # expert | a checkpoint directory
+    command_hz: float = 100.0
+    policy_hz: float = 10.0
+    blend: str = "crossfade"  # crossfade | temporal_ensemble | inpaint
+    domain_id: int = 0  # ROS_DOMAIN_ID
+    joint_state_timeout: float = 0.05  # s without joint states before the watchdog holds
+    camera_timeout: float = 0.2  # s without a camera frame before the watchdog holds
+    duration: float = 0.0  # s; 0 runs until stopped
+    sim: bool = False  # also start the MuJoCo robot process and write out/report.json
+    task: str = "put_red_cube_in_bin"  # sim only
+    init_index: int = 0  # sim only: which stored initial state
+    out: str = "outputs/bridge"
+
+
 def env_kwargs(env: EnvConfig, **extra) -> dict:
     """Keyword arguments for `TabletopEnv` from the env config."""
     if env.name != "tabletop":
@@ -67,3 +85,4 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="record_schema", node=RecordConfig)
+    cs.store(name="bridge_schema", node=BridgeConfig)

@@ -8,23 +8,13 @@ import hydra
 
 from vla.cli import configs
 from vla.cli.errors import user_errors
+from vla.cli.policies import policy_factory
 from vla.limits import CONF_DIR
 from vla.sim.evaluate import EvalSettings, evaluate
-from vla.sim.expert import ScriptedExpert
 from vla.sim.tabletop_env import Perturbation
 from vla.sim.tasks import resolve_tasks
 
 configs.register()
-
-
-def policy_factory(spec: str, env: configs.EnvConfig):
-    if spec == "expert":
-        return lambda: ScriptedExpert(env.robot, env.control_hz)
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"policy: '{spec}' is neither 'expert' nor an existing checkpoint directory")
-    raise ValueError(f"policy: loading checkpoint directories ({spec}) needs the vla.policy package, "
-                     "which is not part of this build yet; use policy=expert")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
@@ -41,7 +31,7 @@ def main(cfg: configs.EvalConfig) -> None:
                 perturbation=Perturbation(kind=cfg.perturbation.kind, step=cfg.perturbation.step),
             ),
         )
-        make_policy = policy_factory(cfg.policy, cfg.env)
+        make_policy = policy_factory(cfg.policy, cfg.env.robot, cfg.env.control_hz)
         out = Path(cfg.out)
         evaluate(make_policy, settings, out, policy_name=cfg.policy)
         print((out / "report.md").read_text())

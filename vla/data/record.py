@@ -14,8 +14,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vla.data.episode_writer import EpisodeWriter
-from vla.sim.expert import ScriptedExpert
 from vla.protocol import split_chunk
+from vla.sim.expert import ScriptedExpert
 from vla.sim.tabletop_env import ACTION_DIM, STATE_DIM, TabletopEnv
 from vla.sim.tasks import TASKS, Task
 

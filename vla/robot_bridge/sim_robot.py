@@ -75,11 +75,22 @@ def serve(config: SimRobotConfig, result_path: Path | None = None) -> dict:
             time.sleep(max(0.0, start + tick * period - time.perf_counter()))
         result.update(success=bool(info["success"]), steps=tick, sim_time_s=tick * period,
                       grasp_lost=int(info["grasp_lost"]))
+        if result_path is not None:
+            write_result(result, result_path)
+        # Like a real arm, keep reporting the held position while the bridge notices the result and stops.
+        for _ in range(config.command_hz // 2):
+            transport.publish_joint_state(msgs.joint_state(names, obs["observation.state"], stamp_ns=time.time_ns()))
+            time.sleep(period)
     env.close()
-    if result_path is not None:
-        result_path.parent.mkdir(parents=True, exist_ok=True)
-        result_path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_result(result: dict, path: Path) -> None:
+    """Write atomically: the bridge stops as soon as the file appears."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import imageio
 import numpy as np
 from tqdm import tqdm
 
+from vla.protocol import ChunkPolicy, split_chunk
 from vla.sim import TABLETOP_ENV_ID
 from vla.sim.init_states import INIT_STATES_FILE, NUM_INIT_STATES, load_init_states
-from vla.protocol import ChunkPolicy, split_chunk
 from vla.sim.report import percentiles_ms, run_metadata, summarize, write_report
 from vla.sim.tabletop_env import ACTION_DIM
 from vla.sim.tasks import Task

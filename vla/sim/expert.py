@@ -11,6 +11,7 @@ heights and grasp offsets are randomized per episode so demos differ.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,13 +38,16 @@ class _Style:
 
 
 class ScriptedExpert:
-    """Implements the `ChunkPolicy` protocol with privileged state; one action per call."""
+    """Implements the `ChunkPolicy` protocol with privileged state; `chunk_size` actions per call (all executed)."""
 
     privileged = True
 
-    def __init__(self, robot: str | RobotLimits = "panda", control_hz: int = 10):
+    def __init__(self, robot: str | RobotLimits = "panda", control_hz: int = 10, chunk_size: int = 1):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.limits = robot if isinstance(robot, RobotLimits) else load_robot_limits(robot)
         self.dt = 1.0 / control_hz
+        self.chunk_size = chunk_size
         self.ik = PinchIK(scene.build_model(self.limits, image_size=16), self.limits)
         self.model = self.ik.model
         self._object_qpos = {o: self.model.joint(o).qposadr[0] for o in scene.OBJECT_NAMES}
@@ -69,6 +73,7 @@ class ScriptedExpert:
         self.last_dq = np.zeros(self.limits.num_joints)
         self.in_hand_offset = np.zeros(3)
         self.gripper = OPEN
+        self._extrapolating = False
 
     # ---------------------------------------------------------------- scene
     def _view(self, qpos: np.ndarray) -> SceneView:
@@ -117,12 +122,21 @@ class ScriptedExpert:
             self.target_pos, self.yaw = pinch.copy(), site_yaw(pinch_mat)
             self.last_q = qpos[self.ik.qpos_idx].copy()
         view = self._view(qpos)
+        actions = [self._plan_step(qpos, view, pinch)]
+        # Receding horizon: the rest of the chunk is extrapolated (the arm is assumed to track the plan, and the
+        # checks that react to the object pause), then the plan rewinds so each call advances it by one step.
+        committed = copy.deepcopy({k: v for k, v in vars(self).items() if k not in ("ik", "model", "limits")})
+        self._extrapolating = True
+        for _ in range(self.chunk_size - 1):
+            actions.append(self._plan_step(qpos, view, self.target_pos.copy()))
+        vars(self).update(committed)
+        return np.array(actions, dtype=np.float32), self.chunk_size
+
+    def _plan_step(self, qpos: np.ndarray, view: SceneView, pinch: np.ndarray) -> np.ndarray:
         goal, speed = self._goal(qpos, view, pinch)
         self._ramp_toward(goal, speed)
-        q = self.ik.solve(self.target_pos, top_down_rotation(self.yaw))
-        q = self._limit(q)
-        action = np.append(q, self.gripper).astype(np.float32)
-        return action[None], 1
+        q = self._limit(self.ik.solve(self.target_pos, top_down_rotation(self.yaw)))
+        return np.append(q, self.gripper)
 
     def _ramp_toward(self, goal: np.ndarray, speed: float) -> None:
         """Move the target toward `goal`: bounded speed, bounded acceleration, slowing down to stop on it."""
@@ -180,7 +194,7 @@ class ScriptedExpert:
             return goal, style.speed
         if self.phase == "descend":
             goal = np.array([*self.target_pos[:2], grasp_z])
-            if np.linalg.norm(obj_pos[:2] - pinch[:2]) > 0.03:  # the object moved: aim again
+            if np.linalg.norm(obj_pos[:2] - pinch[:2]) > 0.03 and not self._extrapolating:  # it moved: aim again
                 self._go("approach")
             elif self._reached(pinch, goal, 0.006):
                 self._go("close")
@@ -191,7 +205,7 @@ class ScriptedExpert:
                 self.in_hand_offset = obj_pos - pinch
                 self._go("lift")
             return self.target_pos.copy(), style.speed
-        slipped = np.linalg.norm(obj_pos - pinch - self.in_hand_offset) > 0.03
+        slipped = np.linalg.norm(obj_pos - pinch - self.in_hand_offset) > 0.03 and not self._extrapolating
         if self.phase in ("lift", "transport", "lower") and slipped:
             self._go("retry")
         if self.phase == "lift":
@@ -262,7 +276,7 @@ class ScriptedExpert:
             # Steer the pusher so the object's centre goes to the pad's centre.
             goal = np.array([*(scene.PAD_CENTER - direction * (obj.grasp_width / 2 + 0.012)), push_z])
             lateral = np.cross(np.append(direction, 0), np.append(pinch[:2] - behind, 0))[2]
-            if abs(lateral) > 0.03:
+            if abs(lateral) > 0.03 and not self._extrapolating:
                 self._go("approach")
             return goal, 0.5 * style.speed
         return self.target_pos.copy(), style.speed

@@ -1,0 +1,24 @@
+"""`policy=...` for every command: `expert` (the scripted expert) or a checkpoint directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from vla.protocol import ChunkPolicy
+
+
+def policy_factory(spec: str, robot: str, control_hz: int, expert_chunk: int = 1) -> Callable[[], ChunkPolicy]:
+    """A function that builds one policy instance per environment or robot.
+
+    `expert_chunk`: actions per expert call; a bridged policy must plan beyond its own inference delay.
+    """
+    if spec == "expert":
+        from vla.sim.expert import ScriptedExpert
+
+        return lambda: ScriptedExpert(robot, control_hz, chunk_size=expert_chunk)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"policy: '{spec}' is neither 'expert' nor an existing checkpoint directory")
+    raise ValueError(f"policy: loading checkpoint directories ({spec}) needs the vla.policy package, "
+                     "which is not part of this build yet; use policy=expert")
