@@ -44,7 +44,7 @@ class EvalConfig:
 @dataclass
 class RecordConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    source: str = "expert"  # expert | keyboard
+    source: str = "expert"  # expert | keyboard | dds | ros2
     task: Any = "all"  # all | a family | a task name | a list or comma-separated names
     episodes: int = 50  # successful episodes per task
     root: str = "data/tabletop"
@@ -53,6 +53,9 @@ class RecordConfig:
     instruction: str = "train"  # canonical | train | held_out
     seed: int = 0
     max_attempts_factor: int = 3  # give up on a task after episodes * this many attempts
+    domain_id: int = 0  # source=dds|ros2: DDS domain (ROS_DOMAIN_ID)
+    duration: float = 0.0  # source=dds|ros2: seconds to record; 0 records until Ctrl-C
+    ros_params: str = ""  # source=ros2: a ROS 2 parameters YAML (launch/params/<arm>.yaml)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class BridgeConfig:
     task: str = "put_red_cube_in_bin"  # sim only
     init_index: int = 0  # sim only: which stored initial state
     out: str = "outputs/bridge"
+    ros_params: str = ""  # transport=ros2: a ROS 2 parameters YAML (launch/params/<arm>.yaml)
 
 
 def env_kwargs(env: EnvConfig, **extra) -> dict:

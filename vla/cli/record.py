@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
@@ -13,7 +14,7 @@ from vla.sim.tasks import resolve_tasks
 
 configs.register()
 
-SOURCES = ("expert", "keyboard")
+SOURCES = ("expert", "keyboard", "dds", "ros2")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="record", version_base="1.3")
@@ -34,6 +35,20 @@ def main(cfg: configs.RecordConfig) -> None:
             from vla.data.teleop import record_keyboard
 
             record_keyboard(tasks, root, env_kwargs, session_seed=cfg.seed, resume=cfg.resume)
+        elif cfg.source == "dds":
+            from vla.data.dds_record import record_from_dds
+            from vla.robot_bridge.dds import loopback_uri
+
+            if cfg.duration > 0:  # a bounded session is a demo or a test: keep it on loopback unless told otherwise
+                os.environ.setdefault("CYCLONEDDS_URI", loopback_uri())
+            total = record_from_dds(root, robot=cfg.env.robot, cameras=tuple(cfg.env.cameras),
+                                    image_size=cfg.env.image_size, fps=cfg.env.control_hz, domain_id=cfg.domain_id,
+                                    resume=cfg.resume, duration_s=cfg.duration)
+            print(f"{root}: {total} episodes in the dataset")
+        elif cfg.source == "ros2":
+            from vla.data.ros2_record import record_from_ros2
+
+            record_from_ros2(root, cfg)
         else:
             raise ValueError(f"source: expected one of {', '.join(SOURCES)}, got '{cfg.source}'")
 

@@ -64,7 +64,9 @@ class BridgeCore:
     """Holds the newest observation, and turns each control tick into at most one filtered command."""
 
     def __init__(self, policy: ChunkPolicy, limits: RobotLimits, safety: SafetyFilter, scheduler: SchedulerConfig,
-                 watchdog: WatchdogConfig, now: float):
+                 watchdog: WatchdogConfig, now: float, inline_latency_s: float | None = None):
+        """`inline_latency_s`: run inference inline with this simulated latency (deterministic tests), not in a
+        worker thread."""
         self.limits = limits
         self.safety = safety
         self.names = safety.names
@@ -80,6 +82,7 @@ class BridgeCore:
         self._instruction: str | None = None
         self._sim_state: tuple[np.ndarray, str] | None = None
         self._scheduler: ChunkScheduler | None = None
+        self._inline_latency_s = inline_latency_s
 
     @classmethod
     def from_config(cls, policy: ChunkPolicy, robot: str, command_hz: float, policy_hz: float, blend: str,
@@ -137,7 +140,8 @@ class BridgeCore:
             return None
         if self._scheduler is None:
             self.policy.reset()
-            self._scheduler = ChunkScheduler(self.policy, self._observation, self.scheduler_config)
+            self._scheduler = ChunkScheduler(self.policy, self._observation, self.scheduler_config,
+                                             inline_latency_s=self._inline_latency_s)
             self._scheduler.reset(hold=self._state)
         target = self._scheduler.next_command(now, self._state)
         for fault in self._scheduler.pop_faults():

@@ -57,7 +57,10 @@ from vla.robot_bridge.msgs import (
     dds_topic,
 )
 
-Side = Literal["bridge", "robot"]
+# bridge and robot write their own channels and read the other's; an observer (the teleop recorder) reads every
+# channel; an operator writes the recording controls.
+Side = Literal["bridge", "robot", "observer", "operator"]
+SIDES = ("bridge", "robot", "observer", "operator")
 
 
 def loopback_uri() -> str:
@@ -96,6 +99,8 @@ _CHANNELS: dict[str, _Channel] = {
     "diagnostics": _Channel(DiagnosticArray, "bridge", **_RELIABLE),
     # Simulation only: the MuJoCo robot's full state, for privileged scripted experts. Real robots never publish it.
     "sim_state": _Channel(Float64MultiArray, "robot", **_RELIABLE),
+    # Teleop recording: start | stop | fail | discard (vla.data.topic_recorder).
+    "record_control": _Channel(String, "operator", **_RELIABLE),
 }
 _CAMERA = _Channel(Image, "robot", writer_qos=_qos(False, 1), reader_qos=_qos(False, 1))
 
@@ -116,6 +121,7 @@ class DdsConfig:
     trajectory: str = "/joint_trajectory_controller/joint_trajectory"
     diagnostics: str = "/diagnostics"
     sim_state: str = "/vla_sim/state"
+    record_control: str = "/vla/record_control"
 
     def __post_init__(self) -> None:
         # 0..232 keeps Cyclone's default port mapping (7400 + 250 * domain_id + ...) within the UDP port range.
@@ -143,8 +149,8 @@ class DdsBridgeTransport:
     """
 
     def __init__(self, side: Side, config: DdsConfig | None = None) -> None:
-        if side not in ("bridge", "robot"):
-            raise ValueError(f"side must be 'bridge' or 'robot', got {side!r}")
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         self.side = side
         self.config = config or DdsConfig()
         self._participant = DomainParticipant(self.config.domain_id)
@@ -159,6 +165,9 @@ class DdsBridgeTransport:
                 self._readers[key] = DataReader(self._participant, topic, qos=channel.reader_qos)
 
     # robot side writes
+
+    def publish_record_control(self, control: str) -> None:
+        self._write("record_control", String(data=control))
 
     def publish_sim_state(self, msg: Float64MultiArray) -> None:
         self._write("sim_state", msg)
