@@ -27,6 +27,8 @@ def main(cfg: configs.BridgeConfig) -> None:
             raise ValueError(f"command_hz ({cfg.command_hz}) must be >= policy_hz ({cfg.policy_hz}) > 0")
         robot = cfg.robot.name
         policy = policy_factory(cfg.policy, robot, round(cfg.policy_hz), expert_chunk=EXPERT_CHUNK)()
+        if cfg.transport == "ros2" and cfg.sim:
+            raise ValueError("sim: the simulated arm talks DDS; use transport=dds with sim=true")
         if cfg.transport == "ros2":
             from vla.robot_bridge.ros_node import run_ros_node
 
