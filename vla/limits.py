@@ -47,17 +47,25 @@ def robot_config_path(robot: str) -> Path:
     return CONF_DIR / "robot" / f"{robot}.yaml"
 
 
-def load_robot_limits(robot_or_path: str | Path) -> RobotLimits:
-    """Load and validate limits for an arm name (`panda`) or a YAML path."""
+def _read_robot_config(robot_or_path: str | Path) -> tuple[Path, dict]:
     path = Path(robot_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = robot_config_path(str(robot_or_path))
     if not path.is_file():
         known = sorted(p.stem for p in (CONF_DIR / "robot").glob("*.yaml"))
         raise LimitsError(f"robot limits file {path} not found (known robots: {known})")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise LimitsError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise LimitsError(f"{path}: expected a mapping of limit keys, got {type(raw).__name__}")
+    return path, raw
+
+
+def load_robot_limits(robot_or_path: str | Path) -> RobotLimits:
+    """Load and validate limits for an arm name (`panda`) or a YAML path."""
+    path, raw = _read_robot_config(robot_or_path)
 
     def require(key: str):
         if key not in raw:
@@ -98,3 +106,100 @@ def load_robot_limits(robot_or_path: str | Path) -> RobotLimits:
     for array in arrays.values():
         array.setflags(write=False)
     return RobotLimits(name=str(raw.get("name", path.stem)), joint_names=tuple(joint_names), **arrays, **scalars)
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """The robot bridge's safety filter settings: the `safety:` section of `conf/robot/<arm>.yaml`.
+
+    Validated on creation; every error names the `safety.<key>` at fault.
+    """
+
+    position_margin: float  # rad kept free inside the hard position limits: the soft limits
+    max_deviation: float  # rad, farthest a command may lead or trail the measured position, per joint
+    max_rate_hz: float  # publish-rate ceiling; also sets dt_min = 1 / max_rate_hz
+    dt_max: float  # s, longest step the velocity bound grants however long the gap
+    command_timeout: float  # s, older commands are stale
+    state_timeout: float  # s, older joint states are stale
+    latency_budget: float  # s, older chunks are dropped
+    enforce_acceleration: bool
+    enforce_jerk: bool
+    gripper_name: str  # name of the 8th command entry (the gripper opening)
+    workspace_lower: np.ndarray | None  # (3,) m, end-effector box in the base frame; None: no box
+    workspace_upper: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        def number(key: str, minimum: float, inclusive: bool) -> None:
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            if not ok or value < minimum or (value == minimum and not inclusive):
+                relation = ">=" if inclusive else ">"
+                raise LimitsError(f"'safety.{key}' must be a finite number {relation} {minimum}, got {value!r}")
+            object.__setattr__(self, key, float(value))
+
+        number("position_margin", 0.0, inclusive=True)
+        for key in ("max_deviation", "max_rate_hz", "command_timeout", "state_timeout", "latency_budget"):
+            number(key, 0.0, inclusive=False)
+        number("dt_max", self.dt_min, inclusive=True)
+        for key in ("enforce_acceleration", "enforce_jerk"):
+            if not isinstance(getattr(self, key), bool):
+                raise LimitsError(f"'safety.{key}' must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.gripper_name, str) or not self.gripper_name:
+            raise LimitsError(f"'safety.gripper_name' must be a non-empty string, got {self.gripper_name!r}")
+        if (self.workspace_lower is None) != (self.workspace_upper is None):
+            raise LimitsError("'safety.workspace_lower' and 'safety.workspace_upper' must both be set or both null")
+        if self.workspace_lower is not None:
+            for key in ("workspace_lower", "workspace_upper"):
+                try:
+                    value = np.array(getattr(self, key), dtype=np.float64)
+                except (TypeError, ValueError):
+                    value = None
+                if value is None or value.shape != (3,) or not np.all(np.isfinite(value)):
+                    raise LimitsError(f"'safety.{key}' must be 3 finite numbers (x, y, z in m), "
+                                      f"got {getattr(self, key)!r}")
+                value.setflags(write=False)
+                object.__setattr__(self, key, value)
+            if np.any(self.workspace_lower >= self.workspace_upper):
+                raise LimitsError("'safety.workspace_lower' must be below 'safety.workspace_upper' on every axis")
+
+    @property
+    def dt_min(self) -> float:
+        """Shortest step, s: commands closer together than this are not published."""
+        return 1.0 / self.max_rate_hz
+
+    def check_against(self, limits: RobotLimits) -> None:
+        """Checks that need the arm's limits: the soft limits leave room, names do not clash."""
+        width = limits.position_upper - limits.position_lower
+        if np.any(2 * self.position_margin >= width):
+            joint = limits.joint_names[int(np.argmin(width))]
+            raise LimitsError(f"'safety.position_margin' ({self.position_margin} rad) leaves no room "
+                              f"between the position limits of {joint}")
+        if self.gripper_name in limits.joint_names:
+            raise LimitsError(f"'safety.gripper_name' {self.gripper_name!r} is also a joint name")
+
+
+_SAFETY_KEYS = tuple(SafetyConfig.__dataclass_fields__)
+
+
+def load_safety_config(robot_or_path: str | Path, limits: RobotLimits | None = None) -> SafetyConfig:
+    """Load and validate the `safety:` section for an arm name (`panda`) or a YAML path."""
+    path, raw = _read_robot_config(robot_or_path)
+    section = raw.get("safety")
+    if section is None:
+        raise LimitsError(f"{path}: missing key 'safety'")
+    if not isinstance(section, dict):
+        raise LimitsError(f"{path}: 'safety' must be a mapping of keys, got {type(section).__name__}")
+    for key in section:
+        if key not in _SAFETY_KEYS:
+            raise LimitsError(f"{path}: unknown key 'safety.{key}' (known: {', '.join(_SAFETY_KEYS)})")
+    for key in _SAFETY_KEYS:
+        if key not in section:
+            raise LimitsError(f"{path}: missing key 'safety.{key}'")
+    try:
+        config = SafetyConfig(**section)
+        config.check_against(limits if limits is not None else load_robot_limits(path))
+    except LimitsError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise LimitsError(f"{path}: {err}") from None
+    return config
