@@ -56,6 +56,7 @@ class RecordConfig:
     domain_id: int = 0  # source=dds|ros2: DDS domain (ROS_DOMAIN_ID)
     duration: float = 0.0  # source=dds|ros2: seconds to record; 0 records until Ctrl-C
     ros_params: str = ""  # source=ros2: a ROS 2 parameters YAML (launch/params/<arm>.yaml)
+    bag: str = ""  # source=dds: also write the session as a rosbag2 (MCAP) bag at this path
 
 
 @dataclass

@@ -43,7 +43,8 @@ def main(cfg: configs.RecordConfig) -> None:
                 os.environ.setdefault("CYCLONEDDS_URI", loopback_uri())
             total = record_from_dds(root, robot=cfg.env.robot, cameras=tuple(cfg.env.cameras),
                                     image_size=cfg.env.image_size, fps=cfg.env.control_hz, domain_id=cfg.domain_id,
-                                    resume=cfg.resume, duration_s=cfg.duration)
+                                    resume=cfg.resume, duration_s=cfg.duration,
+                                    bag=Path(cfg.bag) if cfg.bag else None)
             print(f"{root}: {total} episodes in the dataset")
         elif cfg.source == "ros2":
             from vla.data.ros2_record import record_from_ros2
