@@ -3,7 +3,10 @@
 Rates: physics steps at 500 Hz (dt = 2 ms); the policy acts at `control_hz`
 (10 Hz by default, so one `step` runs 50 physics steps). Actions are absolute
 joint-position targets for the 7 arm joints plus a gripper command (normalized
-opening, 0 = closed, 1 = open), tracked by position actuators. Observations use
+opening, 0 = closed, 1 = open), tracked by position actuators; like the real
+arm's motion generator, each joint target moves at most its velocity limit times
+the control period per step (`info["action_clipped"]` says when that bound or the
+joint range changed an action). Observations use
 LeRobot's names: `observation.images.<camera>` (uint8 HxWx3),
 `observation.state` (float32: 7 joint positions + gripper opening) and `task`.
 
@@ -228,6 +231,10 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"action has non-finite values: {action}")
         target = np.clip(action, self.action_space.low, self.action_space.high)
         n = self.limits.num_joints
+        # Like the arm's own motion generator, the servo target moves at most velocity x period per step: an
+        # arbitrary jump would demand unbounded torque from the (unclamped) servos and destabilize the sim.
+        reach = self.limits.velocity * self.control_dt
+        target[:n] = np.clip(target[:n], self.data.ctrl[:n] - reach, self.data.ctrl[:n] + reach)
         self.data.ctrl[:n] = target[:n]
         gripper = target[n] if self._gripper_override == 0 else 1.0
         self.data.ctrl[n] = scene.GRIPPER_CTRL_CLOSED * (1.0 - gripper)
