@@ -95,6 +95,15 @@ def rate_pub(transport: str, hz: float, count: int, domain_id: int, port: int) -
     return {"sent_ns": sent}
 
 
+def udp_receiver(port: int) -> socket.socket:
+    """A loopback UDP socket bound to `port`, announced ready to the parent process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(RECV_TIMEOUT_S)
+    ready()
+    return sock
+
+
 def rate_sub(transport: str, count: int, domain_id: int, port: int) -> dict:
     arrivals: list[tuple[int, int]] = []  # (arrival time, sequence number)
     if transport == "dds":
@@ -110,10 +119,7 @@ def rate_sub(transport: str, count: int, domain_id: int, port: int) -> dict:
         ready()
         done.wait(count / 50 + RECV_TIMEOUT_S)  # any rate down to 50 Hz
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", port))
-        sock.settimeout(RECV_TIMEOUT_S)
-        ready()
+        sock = udp_receiver(port)
         seq = -1
         while seq != count - 1:
             try:
@@ -143,10 +149,7 @@ def echo(transport: str, count: int, domain_id: int, port: int) -> dict:
         done.wait(count / 50 + RECV_TIMEOUT_S)  # any pacing down to 50 Hz
         time.sleep(0.2)  # a reliable writer may still be delivering the last reply
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", port))
-        sock.settimeout(RECV_TIMEOUT_S)
-        ready()
+        sock = udp_receiver(port)
         seq = -1
         while seq != count - 1:
             try:
