@@ -139,3 +139,13 @@ def test_sim_in_the_loop_over_dds(tmp_path):
     assert report["commands_sent"] > 100
     assert report["sim"]["commands_received"] > 50
     assert report["loop_jitter_ms_p99"] is not None
+
+
+def test_the_core_imports_no_torch_rclpy_mujoco_or_dds():
+    import subprocess
+    import sys
+
+    code = ("import sys, vla.robot_bridge.core; "
+            "print([m for m in ('torch', 'mujoco', 'rclpy', 'cyclonedds', 'gymnasium') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
