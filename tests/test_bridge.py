@@ -125,6 +125,17 @@ def test_stale_joint_states_hold_within_one_period(core):
     assert now - last_state_time <= WatchdogConfig().joint_state_timeout_s + PERIOD + 1e-9
 
 
+def test_an_estop_pressed_before_the_robot_is_up_still_holds():
+    policy = SwayPolicy()
+    core = make_core(policy)
+    core.on_instruction("sway")
+    core.on_estop(True, 0.5)
+    commands, _ = run(core, 1.0, 50, np.append(LIMITS.home, 1.0))
+    assert core.watchdog.fault is not None and core.watchdog.fault.kind.value == "estop"
+    assert len(commands) == 0 or np.allclose(commands, commands[0])
+    core.close()
+
+
 def test_sim_in_the_loop_over_dds(tmp_path):
     os.environ.setdefault("CYCLONEDDS_URI", loopback_uri())
     out = tmp_path / "bridge"

@@ -55,6 +55,9 @@ def serve(config: SimRobotConfig, result_path: Path | None = None) -> dict:
     camera_every = config.command_hz // config.camera_hz
     result = {"task": config.task, "init_index": config.init_index, "success": False, "steps": 0,
               "commands_received": 0}
+    # Render once before publishing anything: creating the GL context can take a second in a cold process, and
+    # inside the loop that pause would be a gap in the joint states that the bridge must treat as a fault.
+    env.camera_images()
     with DdsBridgeTransport("robot", DdsConfig(domain_id=config.domain_id)) as transport:
         transport.publish_instruction(obs["task"])
         start = time.perf_counter()
