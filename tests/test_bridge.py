@@ -136,6 +136,23 @@ def test_an_estop_pressed_before_the_robot_is_up_still_holds():
     core.close()
 
 
+def test_glitching_joint_states_are_dropped_and_end_in_a_hold(core):
+    core, _ = core
+    _, state = run(core, 0.0, 100, np.append(LIMITS.home, 1.0))
+    glitch = state.copy()
+    glitch[1] = LIMITS.position_upper[1] + 1.0  # an encoder spike far past the hard limit
+    before = core.safety.last_command.copy()
+    now = 1.0
+    while core.watchdog.fault is None and now < 2.0:
+        core.on_joint_state(glitch, now, now)
+        result = core.tick(now)
+        now += PERIOD
+    assert core.implausible_states > 0 and core.diagnostics()["implausible_states"] == core.implausible_states
+    assert core.watchdog.fault is not None and core.watchdog.fault.kind.value == "joint_state_stale"
+    assert result.command[1] <= before[1] + 0.01  # never pulled toward the glitch
+    assert core.audit.violations == 0
+
+
 def test_sim_in_the_loop_over_dds(tmp_path):
     os.environ.setdefault("CYCLONEDDS_URI", loopback_uri())
     out = tmp_path / "bridge"
@@ -160,3 +177,35 @@ def test_the_core_imports_no_torch_rclpy_mujoco_or_dds():
             "print([m for m in ('torch', 'mujoco', 'rclpy', 'cyclonedds', 'gymnasium') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_dds_node_drops_malformed_messages_instead_of_dying(core):
+    from vla.robot_bridge import msgs
+    from vla.robot_bridge.dds_node import DdsBridgeNode
+
+    core, _ = core
+
+    class OneShotTransport:
+        """Hands the node one joint state that lacks a joint and one image with a bad encoding."""
+
+        def __init__(self):
+            self.state = msgs.JointState(name=["joint1"], position=[0.0])
+            self.image = msgs.Image(height=2, width=2, encoding="mono16", step=4, data=bytes(8))
+
+        def take_latest_joint_state(self):
+            state, self.state = self.state, None
+            return state
+
+        def take_latest_image(self, camera):
+            image, self.image = self.image, None
+            return image
+
+        def take_latest_instruction(self):
+            return None
+
+        def take_latest_estop(self):
+            return None
+
+    node = DdsBridgeNode(core, OneShotTransport(), command_hz=100)
+    node._take_inputs(0.0)
+    assert node.malformed_messages == 2

@@ -22,6 +22,8 @@ from vla.robot_bridge.safety import FilterResult, SafetyFilter, Stamped
 from vla.robot_bridge.scheduler import ChunkScheduler, SchedulerConfig
 from vla.robot_bridge.watchdog import Watchdog, WatchdogConfig
 
+STATE_TOLERANCE = 0.05  # rad (and gripper opening) beyond the hard limits that sensor noise may still report
+
 
 @dataclass
 class LimitAudit:
@@ -82,6 +84,7 @@ class BridgeCore:
         self._instruction: str | None = None
         self._sim_state: tuple[np.ndarray, str] | None = None
         self._scheduler: ChunkScheduler | None = None
+        self.implausible_states = 0
         self._inline_latency_s = inline_latency_s
 
     @classmethod
@@ -98,9 +101,25 @@ class BridgeCore:
 
     # ------------------------------------------------------------------ inputs
     def on_joint_state(self, positions: np.ndarray, stamp: float, now: float) -> None:
-        self._state, self._state_stamp = np.asarray(positions, dtype=np.float64), stamp
+        """A measured state outside what the arm can physically report (non-finite, or beyond the hard limits by
+        more than STATE_TOLERANCE) is dropped as if it never arrived: a glitching encoder must not pull the command,
+        and if only glitches arrive the stream goes stale and the watchdog brakes to a hold."""
+        positions = np.asarray(positions, dtype=np.float64)
+        if not self._plausible(positions):
+            self.implausible_states += 1
+            return
+        self._state, self._state_stamp = positions, stamp
         self.watchdog.joint_state(now)
         self.watchdog.heartbeat(now)  # the arm's driver is alive
+
+    def _plausible(self, positions: np.ndarray) -> bool:
+        n, lim = self.limits.num_joints, self.limits
+        if positions.shape != (n + 1,) or not np.all(np.isfinite(positions)):
+            return False
+        joints_ok = np.all(positions[:n] >= lim.position_lower - STATE_TOLERANCE) and np.all(
+            positions[:n] <= lim.position_upper + STATE_TOLERANCE)
+        return bool(joints_ok and lim.gripper_lower - STATE_TOLERANCE <= positions[n] <= lim.gripper_upper
+                    + STATE_TOLERANCE)
 
     def on_image(self, camera: str, image: np.ndarray, stamp: float) -> None:
         self._images[camera] = image
@@ -168,6 +187,7 @@ class BridgeCore:
             "fault": fault.kind.value if fault else "none",
             "fault_message": fault.message if fault else "",
             "limit_violations": self.audit.violations,
+            "implausible_states": self.implausible_states,
             "chunks_received": stats.chunks_received if stats else 0,
             "starved_steps": stats.starved_steps if stats else 0,
         }

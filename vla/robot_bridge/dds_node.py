@@ -9,8 +9,10 @@ receipt, so staleness never depends on the robot's clock being in sync.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,16 +43,19 @@ class DdsBridgeNode:
         self.period = 1.0 / command_hz
         self.diagnostics_every = max(1, round(command_hz / diagnostics_hz))
         self.stats = LoopStats()
+        self.malformed_messages = 0
 
     def _take_inputs(self, now: float) -> None:
         t = self.transport
         state = t.take_latest_joint_state()
         if state is not None:
-            self.core.on_joint_state(msgs.to_numpy(state, self.core.names), now, now)
+            with self._dropping_malformed("joint state"):
+                self.core.on_joint_state(msgs.to_numpy(state, self.core.names), now, now)
         for camera in self.core.cameras:
             image = t.take_latest_image(camera)
             if image is not None:
-                self.core.on_image(camera, msgs.image_to_numpy(image), now)
+                with self._dropping_malformed(f"{camera} image"):
+                    self.core.on_image(camera, msgs.image_to_numpy(image), now)
         instruction = t.take_latest_instruction()
         if instruction is not None:
             self.core.on_instruction(instruction)
@@ -61,6 +66,17 @@ class DdsBridgeNode:
             sim_state = t.take_latest_sim_state()
             if sim_state is not None:
                 self.core.on_sim_state(msgs.multi_array_to_numpy(sim_state), sim_state.layout.dim[0].label)
+
+    @contextmanager
+    def _dropping_malformed(self, what: str):
+        """A malformed message is dropped (and counted) as if it never arrived: if nothing valid follows, the
+        stream goes stale and the watchdog holds, instead of the control loop dying."""
+        try:
+            yield
+        except ValueError as err:
+            self.malformed_messages += 1
+            if self.malformed_messages == 1:
+                print(f"warning: dropping a malformed {what}: {err}", file=sys.stderr)
 
     def spin(self, duration_s: float, should_stop: Callable[[], bool] = lambda: False) -> LoopStats:
         """Run the control loop at the command rate for `duration_s` or until `should_stop()`."""
