@@ -18,7 +18,7 @@ import numpy as np
 
 from vla.limits import RobotLimits, load_robot_limits
 from vla.protocol import ChunkPolicy
-from vla.robot_bridge.safety import FilterResult, SafetyFilter, Stamped
+from vla.robot_bridge.safety import FilterResult, SafetyFilter, Stamped, mujoco_fk
 from vla.robot_bridge.scheduler import ChunkScheduler, SchedulerConfig
 from vla.robot_bridge.watchdog import Watchdog, WatchdogConfig
 
@@ -91,8 +91,6 @@ class BridgeCore:
     def from_config(cls, policy: ChunkPolicy, robot: str, command_hz: float, policy_hz: float, blend: str,
                     now: float, joint_state_timeout: float = 0.05, camera_timeout: float = 0.2) -> BridgeCore:
         """The core for an arm of `conf/robot/`, with the workspace box checked through the arm's MuJoCo model."""
-        from vla.robot_bridge.safety import mujoco_fk
-
         limits = load_robot_limits(robot)
         safety = SafetyFilter.from_config(robot, fk=mujoco_fk(limits))
         return cls(policy, limits, safety, SchedulerConfig(policy_hz=policy_hz, command_hz=command_hz, blend=blend),
