@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import hydra
@@ -37,10 +36,7 @@ def main(cfg: configs.RecordConfig) -> None:
             record_keyboard(tasks, root, env_kwargs, session_seed=cfg.seed, resume=cfg.resume)
         elif cfg.source == "dds":
             from vla.data.dds_record import record_from_dds
-            from vla.robot_bridge.dds import loopback_uri
 
-            if cfg.duration > 0:  # a bounded session is a demo or a test: keep it on loopback unless told otherwise
-                os.environ.setdefault("CYCLONEDDS_URI", loopback_uri())
             total = record_from_dds(root, robot=cfg.env.robot, cameras=tuple(cfg.env.cameras),
                                     image_size=cfg.env.image_size, fps=cfg.env.control_hz, domain_id=cfg.domain_id,
                                     resume=cfg.resume, duration_s=cfg.duration,
