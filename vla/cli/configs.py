@@ -11,6 +11,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from vla.train.settings import TrainSettings
+
 
 @dataclass
 class EnvConfig:
@@ -78,6 +80,20 @@ class BridgeConfig:
     ros_params: str = ""  # transport=ros2: a ROS 2 parameters YAML (launch/params/<arm>.yaml)
 
 
+@dataclass
+class DatasetConfig:
+    root: str = "data/tabletop"
+    cache_dir: str = ""  # decoded-frame cache; empty: <root>/.cache/vla
+
+
+@dataclass
+class TrainConfig(TrainSettings):
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    policy: Any = None  # the conf/policy/<name>.yaml group, checked by vla.policy.config.VLAPolicyConfig
+    env: EnvConfig = field(default_factory=EnvConfig)  # for the periodic evaluation
+    out: str = "outputs/train"
+
+
 def env_kwargs(env: EnvConfig, **extra) -> dict:
     """Keyword arguments for `TabletopEnv` from the env config."""
     if env.name != "tabletop":
@@ -91,3 +107,4 @@ def register() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="record_schema", node=RecordConfig)
     cs.store(name="bridge_schema", node=BridgeConfig)
+    cs.store(name="train_schema", node=TrainConfig)

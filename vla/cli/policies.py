@@ -20,5 +20,7 @@ def policy_factory(spec: str, robot: str, control_hz: int, expert_chunk: int = 1
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"policy: '{spec}' is neither 'expert' nor an existing checkpoint directory")
-    raise ValueError(f"policy: loading checkpoint directories ({spec}) needs the vla.policy package, "
-                     "which is not part of this build yet; use policy=expert")
+    from vla.policy.policy import VLAPolicy
+
+    VLAPolicy.from_pretrained(path)  # fail here, naming the file, rather than inside a worker
+    return lambda: VLAPolicy.from_pretrained(path)

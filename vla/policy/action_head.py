@@ -89,10 +89,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        """x (R*B, T, W) onto context (B, N, C): a context shared by R stacked branches is projected once."""
         B, T, W = x.shape
-        N, d = context.shape[1], W // self.heads
+        Bc, N, d = context.shape[0], context.shape[1], W // self.heads
+        reps = B // Bc
         q = self.q(x).view(B, T, self.heads, d).transpose(1, 2)  # (B, heads, T, d)
-        k, v = self.kv(context).view(B, N, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # each (B, heads, N, d)
+        k, v = self.kv(context).view(Bc, N, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # each (Bc, heads, N, d)
+        k, v, context_mask = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1), context_mask.repeat(reps, 1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask[:, None, None, :])  # (B, heads, T, d)
         return self.proj(y.transpose(1, 2).reshape(B, T, W))  # (B, T, W)
 
@@ -112,7 +115,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, temb: Tensor, token_mask: Tensor, cond: Tensor, cond_mask: Tensor) -> Tensor:
-        """x (B, T, W), temb (B, W), token_mask (B, T), cond (B, N, C), cond_mask (B, N) -> (B, T, W)."""
+        """x (K*B, T, W), temb (K*B, W), token_mask (K*B, T), cond (B, N, C), cond_mask (B, N) -> (K*B, T, W)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(temb)[:, None].chunk(6, dim=-1)  # each (B, 1, W)
         h = modulate(self.norm1(x), shift1, scale1)
         h = self.attn(h, cond, cond_mask) if self.cross else self.attn(h, h, token_mask)
@@ -167,7 +170,7 @@ class DiTActionHead(nn.Module):
         # Stack the K branches along the batch, branch-major: row k*B + b is branch k of sample b.
         x = tokens.repeat(K, 1, 1)  # (K*B, 1+H, W)
         temb = temb.repeat(K, 1)  # (K*B, W)
-        cond, cond_mask = cond.repeat(K, 1, 1), cond_mask.repeat(K, 1)  # (K*B, N, C), (K*B, N)
+        # cond (B, N, C) stays unstacked: cross-attention projects it once and shares it across the branches
         state_valid = torch.ones(K, B, 1, dtype=torch.bool, device=x.device)
         steps_valid = active.T[:, None, :].expand(K, B, H)  # (K, B, H): branch k sees steps < h_k
         token_mask = torch.cat([state_valid, steps_valid], dim=2).reshape(K * B, 1 + H)

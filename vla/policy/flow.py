@@ -4,10 +4,13 @@
 - The target velocity is u = dx_t/dt = noise - actions, constant along the straight path.
 - Training times t ~ Beta(1.5, 1) (density 1.5 * sqrt(t)), mapped to [0.001, 1]: more mass near t = 1, the noisy
   end, where predicting the velocity is hardest.
-- Sampling starts from noise at t = 1 and takes `steps` Euler steps of dt = -1/steps down to t = 0.
+- Sampling starts from noise at t = 1 and takes `steps` Euler steps of dt = -1/steps down to t = 0
+  (`ddim_sample` offers diffusers' DDIM on the same head, for comparison).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -46,6 +49,32 @@ def to_velocity(pred: Tensor, x_t: Tensor, t: Tensor, prediction: str) -> Tensor
     raise ValueError(f"prediction must be 'velocity' or 'sample', got {prediction!r}")
 
 
+def _fused_velocity(head: DiTActionHead, x: Tensor, t: Tensor, state: Tensor, cond: Tensor,
+                    cond_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The fused velocity (B, H, A) at (x, t) and the branches' disagreement (B, H)."""
+    out = head(x, t, state, cond, cond_mask)
+    return to_velocity(out["fused"], x, t, head.cfg.prediction), disagreement(out)
+
+
+@contextmanager
+def _eval_mode(head: DiTActionHead):
+    """No gate noise while sampling, so the same noise gives the same actions."""
+    was_training = head.training
+    head.eval()
+    try:
+        yield
+    finally:
+        head.train(was_training)
+
+
+def _start_noise(head: DiTActionHead, state: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    if noise is not None:
+        return noise
+    cfg = head.cfg
+    return torch.randn(state.shape[0], cfg.chunk, cfg.action_dim, generator=generator, device=state.device,
+                       dtype=state.dtype)
+
+
 @torch.no_grad()
 def euler_sample(
     head: DiTActionHead,
@@ -59,26 +88,56 @@ def euler_sample(
     """Integrate the fused velocity from noise (t = 1) to actions (t = 0).
 
     state (B, S), cond (B, N, C), cond_mask (B, N); noise (B, H, A) or None to draw it from `generator`.
-    Returns actions (B, H, A) and the branch disagreement (B, H) summed over the denoising steps. The head runs in
-    eval mode (no gate noise), so the same noise gives the same actions.
+    Returns actions (B, H, A) and the branch disagreement (B, H) summed over the denoising steps.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    cfg, B = head.cfg, state.shape[0]
-    if noise is None:
-        noise = torch.randn(B, cfg.chunk, cfg.action_dim, generator=generator, device=state.device, dtype=state.dtype)
-    was_training = head.training
-    head.eval()
-    try:
-        x = noise  # (B, H, A) at t = 1
-        disagreement_sum = torch.zeros(B, cfg.chunk, device=x.device, dtype=x.dtype)
+    x = _start_noise(head, state, noise, generator)  # (B, H, A) at t = 1
+    disagreement_sum = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
+    with _eval_mode(head):
         for i in range(steps):
-            t = torch.full((B,), 1 - i / steps, device=x.device, dtype=x.dtype)
-            out = head(x, t, state, cond, cond_mask)
-            disagreement_sum += disagreement(out)
-            x = x - to_velocity(out["fused"], x, t, cfg.prediction) / steps  # dt = -1/steps
-    finally:
-        head.train(was_training)
+            t = torch.full((x.shape[0],), 1 - i / steps, device=x.device, dtype=x.dtype)
+            velocity, spread = _fused_velocity(head, x, t, state, cond, cond_mask)
+            disagreement_sum += spread
+            x = x - velocity / steps  # dt = -1/steps
+    return x, disagreement_sum
+
+
+@torch.no_grad()
+def ddim_sample(
+    head: DiTActionHead,
+    state: Tensor,
+    cond: Tensor,
+    cond_mask: Tensor | None = None,
+    steps: int = 10,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The same flow-matching head sampled with diffusers' DDIMScheduler (cosine schedule), for comparison.
+
+    DDIM's state x = a * actions + s * noise (a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)) is the flow state
+    x_t = (1 - t) * actions + t * noise scaled by (a + s), with t = s / (a + s). So each step rescales x to the flow
+    path, asks the head for the velocity v there, and hands DDIM the implied noise eps = x_t + (1 - t) * v.
+    """
+    from diffusers import DDIMScheduler
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                              set_alpha_to_one=True, prediction_type="epsilon", timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    x = _start_noise(head, state, noise, generator)
+    disagreement_sum = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
+    with _eval_mode(head):
+        for step in scheduler.timesteps:
+            alpha_bar = scheduler.alphas_cumprod[step].to(x.device, x.dtype)
+            a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+            t = (s / (a + s)).expand(x.shape[0])
+            x_flow = x / (a + s)
+            velocity, spread = _fused_velocity(head, x_flow, t, state, cond, cond_mask)
+            disagreement_sum += spread
+            eps = x_flow + (1 - _bcast(t)) * velocity
+            x = scheduler.step(eps, step, x).prev_sample
     return x, disagreement_sum
 
 

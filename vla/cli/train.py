@@ -1,0 +1,51 @@
+"""vla-train: train a policy on a LeRobotDataset v3 (one process, or many through `accelerate launch`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from vla.cli import configs
+from vla.cli.errors import user_errors
+from vla.limits import CONF_DIR
+from vla.train.settings import TrainSettings
+
+configs.register()
+
+
+def sim_evaluator(cfg: configs.TrainConfig):
+    """Evaluate a checkpoint on every tabletop task (`eval_episodes` each); returns the average success."""
+    from vla.cli.policies import policy_factory
+    from vla.sim.evaluate import EvalSettings, evaluate
+    from vla.sim.tasks import resolve_tasks
+
+    def run(checkpoint: Path, out: Path) -> float:
+        settings = EvalSettings(tasks=resolve_tasks("all"), episodes=cfg.eval_episodes, num_envs=2, seed=0,
+                                videos_per_task=0, env_kwargs=configs.env_kwargs(cfg.env))
+        report = evaluate(policy_factory(str(checkpoint), cfg.env.robot, cfg.env.control_hz), settings, out,
+                          policy_name=str(checkpoint))
+        return report["average_success"]
+    return run
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: configs.TrainConfig) -> None:
+    with user_errors():
+        from vla.train.trainer import Trainer
+
+        settings = TrainSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(TrainSettings)})
+        if cfg.policy is None:
+            raise ValueError("policy: choose a policy config, e.g. policy=tiny (conf/policy/)")
+        trainer = Trainer(OmegaConf.to_container(cfg.policy, resolve=True), cfg.dataset.root, cfg.out, settings,
+                          cache_dir=cfg.dataset.cache_dir or None,
+                          evaluate_fn=sim_evaluator(cfg) if settings.eval_every else None)
+        last = trainer.run()
+        if trainer.accelerator.is_main_process:
+            print(f"trained {settings.steps} steps; policy checkpoint: {last / 'pretrained'}")
+
+
+if __name__ == "__main__":
+    main()

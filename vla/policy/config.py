@@ -1,0 +1,122 @@
+"""The policy's configuration: backbone, action head, sampler and execution, validated on creation.
+
+`config.json` in a checkpoint is `VLAPolicyConfig.to_dict()`; `from_dict` rebuilds it and names any unknown or
+mistyped key, so a hand-edited or stale checkpoint fails at load, not deep inside torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vla.policy.action_head import ActionHeadConfig
+from vla.policy.backbone import TinyVLMConfig
+
+SAMPLERS = ("euler", "ddim")
+
+
+@dataclass
+class HFBackboneConfig:
+    model_dir: str = ""  # a local transformers VLM directory (SmolVLM / Idefics3 class), never downloaded
+    num_layers: int = 8  # keep the first L decoder layers; the tokens are layer L's hidden states
+    cameras: tuple[str, ...] = ("front", "wrist")
+    image_size: int = 128
+    freeze: bool = True  # the VLM's weights stay fixed; only the action head (and a projection) train
+    type: str = field(default="hf", init=False)
+
+    def __post_init__(self) -> None:
+        self.cameras = tuple(self.cameras)
+        if not self.model_dir:
+            raise ValueError("backbone.model_dir must name a local Hugging Face VLM directory")
+        if self.num_layers < 1:
+            raise ValueError(f"backbone.num_layers must be >= 1, got {self.num_layers}")
+        if not self.cameras:
+            raise ValueError("backbone.cameras must name at least one camera")
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "euler"  # euler (flow matching's own ODE solver) | ddim (diffusers' DDIMScheduler, for comparison)
+    steps: int = 10
+    fixed_noise: bool = False  # True: every call starts from the same noise (seed below): reproducible inference
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"sampler.kind must be one of {SAMPLERS}, got {self.kind!r}")
+        if self.steps < 1:
+            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class ExecutionConfig:
+    """How many actions of a chunk run before the policy is asked again."""
+
+    adaptive: bool = True  # from the horizons' disagreement (needs >= 2 horizons); False: always `fixed`
+    min_execute: int = 4
+    max_execute: int = 12  # at most the second-largest horizon: beyond it only one branch predicts
+    ratio: float = 2.0  # extend while a step's disagreement < ratio * the mean over the first min_execute steps
+    fixed: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_execute <= self.max_execute:
+            raise ValueError(f"execution: need 1 <= min_execute ({self.min_execute}) <= max_execute "
+                             f"({self.max_execute})")
+        if self.ratio <= 0:
+            raise ValueError(f"execution.ratio must be > 0, got {self.ratio}")
+        if self.fixed < 1:
+            raise ValueError(f"execution.fixed must be >= 1, got {self.fixed}")
+
+
+@dataclass
+class VLAPolicyConfig:
+    backbone: TinyVLMConfig | HFBackboneConfig = field(default_factory=TinyVLMConfig)
+    head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    relative_actions: bool = True  # the arm's joints are predicted as offsets from the current state; the last
+    # action dim (the gripper command) stays absolute
+
+    def __post_init__(self) -> None:
+        H = self.head.chunk
+        if self.execution.adaptive and len(self.head.branch_horizons) < 2:
+            raise ValueError("execution.adaptive needs at least two horizons (head.fusion 'gate' or 'mean'); "
+                             "set execution.adaptive=false for a single horizon")
+        limit = self.execution.max_execute if self.execution.adaptive else self.execution.fixed
+        if limit > H:
+            raise ValueError(f"execution: {'max_execute' if self.execution.adaptive else 'fixed'}={limit} exceeds "
+                             f"the chunk (head.chunk={H})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> VLAPolicyConfig:
+        data = dict(data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}")
+        backbone = dict(data.pop("backbone", {}))
+        kind = backbone.pop("type", "tiny")
+        backbone_cls = {"tiny": TinyVLMConfig, "hf": HFBackboneConfig}.get(kind)
+        if backbone_cls is None:
+            raise ValueError(f"{source}: backbone.type must be 'tiny' or 'hf', got {kind!r}")
+        sections = {"backbone": (backbone_cls, backbone)}
+        for name, section_cls in (("head", ActionHeadConfig), ("sampler", SamplerConfig),
+                                  ("execution", ExecutionConfig)):
+            sections[name] = (section_cls, data.pop(name, {}))
+        built = {name: _build(section_cls, values, f"{source}: {name}") for name, (section_cls, values) in
+                 sections.items()}
+        return cls(**built, **data)
+
+
+def _build(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(section_cls) if f.init}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    try:
+        return section_cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err

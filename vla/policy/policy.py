@@ -1,0 +1,190 @@
+"""VLAPolicy: a backbone and a DiT flow-matching action head with a mixture of horizons.
+
+    loss, parts = policy(batch)                       # training: flow-matching loss on a batch of chunks
+    actions, n_execute = policy.predict_chunk(obs)    # inference: one env observation -> (H, A) absolute actions
+    policy.save_pretrained(dir); VLAPolicy.from_pretrained(dir)
+
+A training batch holds `observation.images.<camera>` (B, 3, S, S) float in [0, 1] at the backbone's image size,
+`observation.state` (B, S), `action` (B, H, A) absolute targets, and `task` (B strings). An observation for
+`predict_chunk` is one env's: images uint8 (h, w, 3) of any size, state (S,), task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from vla.policy.action_head import DiTActionHead, moh_loss
+from vla.policy.backbone import build_backbone
+from vla.policy.config import VLAPolicyConfig
+from vla.policy.flow import ddim_sample, euler_sample, execute_count, noisy_sample, sample_time, velocity_target
+from vla.policy.normalize import Normalizer
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FROZEN_TEXT_PREFIX = "backbone.text.encoder."  # loaded from its package, not stored in the checkpoint
+
+
+def resize_images(images_nhwc: Tensor, size: int) -> Tensor:
+    """uint8 (N, h, w, 3) -> uint8 (N, 3, size, size), antialiased; training data and inference both go through it."""
+    x = images_nhwc.permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def relative_mask(action_dim: int) -> Tensor:
+    """(A,) True for the action dims predicted relative to the state: every dim but the last (the gripper)."""
+    mask = torch.ones(action_dim, dtype=torch.bool)
+    mask[-1] = False
+    return mask
+
+
+def to_model_actions(actions: Tensor, state: Tensor, relative: bool) -> Tensor:
+    """Absolute actions (..., H, A) -> what the head predicts (before normalization): offsets from state (..., S)."""
+    if not relative:
+        return actions
+    mask = relative_mask(actions.shape[-1]).to(actions.device)
+    return actions - torch.where(mask, state[..., None, :], torch.zeros_like(state[..., None, :]))
+
+
+def from_model_actions(model_actions: Tensor, state: Tensor, relative: bool) -> Tensor:
+    if not relative:
+        return model_actions
+    mask = relative_mask(model_actions.shape[-1]).to(model_actions.device)
+    return model_actions + torch.where(mask, state[..., None, :], torch.zeros_like(state[..., None, :]))
+
+
+class VLAPolicy(nn.Module):
+    privileged = False
+
+    def __init__(self, cfg: VLAPolicyConfig, normalizer: Normalizer) -> None:
+        super().__init__()
+        normalizer.require([STATE_KEY, ACTION_KEY], "VLAPolicy")
+        self.backbone = build_backbone(cfg.backbone)
+        cfg.head = dataclasses.replace(cfg.head, cond_dim=self.backbone.token_dim)  # the head reads backbone tokens
+        if cfg.head.action_dim < 2 and cfg.relative_actions:
+            raise ValueError("relative_actions needs an action with at least 2 dims (the last is the gripper)")
+        self.cfg = cfg
+        self.head = DiTActionHead(cfg.head)
+        self.normalizer = normalizer
+        self.cameras = tuple(cfg.backbone.cameras)
+        self._noise_gen = torch.Generator()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    # ---------------------------------------------------------------- training
+    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """Flow-matching mixture-of-horizons loss on a batch; returns (loss, detached parts)."""
+        state = batch[STATE_KEY]  # (B, S)
+        actions = self.normalizer.normalize(ACTION_KEY, to_model_actions(batch[ACTION_KEY], state,
+                                                                          self.cfg.relative_actions))  # (B, H, A)
+        tokens, mask = self.backbone(self._images(batch), list(batch["task"]))  # (B, N, D), (B, N)
+        B = actions.shape[0]
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+        t = sample_time(B, generator=generator, device=actions.device)
+        out = self.head(noisy_sample(actions, noise, t), t, self.normalizer.normalize(STATE_KEY, state), tokens, mask)
+        target = velocity_target(actions, noise) if self.cfg.head.prediction == "velocity" else actions
+        return moh_loss(out, target)
+
+    def _images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        missing = [IMAGE_PREFIX + c for c in self.cameras if IMAGE_PREFIX + c not in batch]
+        if missing:
+            raise KeyError(f"VLAPolicy: the batch lacks {missing}")
+        return {c: batch[IMAGE_PREFIX + c] for c in self.cameras}
+
+    # ---------------------------------------------------------------- inference
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: reseed the sampling noise, so an episode replays exactly under the same seed."""
+        self._noise_gen.manual_seed(self.cfg.sampler.seed if seed is None else seed)
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """One observation -> absolute actions (H, A) float32 and how many of them to execute."""
+        actions, counts = self.predict_chunks([obs])
+        return actions[0], int(counts[0])
+
+    @torch.no_grad()
+    def predict_chunks(self, observations: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of observations -> actions (B, H, A) and executed counts (B,)."""
+        device, size = self.device, self.cfg.backbone.image_size
+        images = {}
+        for c in self.cameras:
+            key = IMAGE_PREFIX + c
+            if key not in observations[0]:
+                raise KeyError(f"VLAPolicy: the observation lacks '{key}' (has {sorted(observations[0])})")
+            frames = torch.as_tensor(np.stack([o[key] for o in observations])).to(device)  # (B, h, w, 3) uint8
+            images[c] = resize_images(frames, size).float() / 255
+        state = torch.as_tensor(np.stack([o[STATE_KEY] for o in observations]), dtype=torch.float32, device=device)
+        was_training = self.training
+        self.eval()
+        try:
+            tokens, mask = self.backbone(images, [str(o["task"]) for o in observations])
+            noise = self._sampling_noise(len(observations))
+            sample = ddim_sample if self.cfg.sampler.kind == "ddim" else euler_sample
+            chunk, spread = sample(self.head, self.normalizer.normalize(STATE_KEY, state), tokens, mask,
+                                   steps=self.cfg.sampler.steps, noise=noise)
+        finally:
+            self.train(was_training)
+        actions = from_model_actions(self.normalizer.unnormalize(ACTION_KEY, chunk), state, self.cfg.relative_actions)
+        return actions.float().cpu().numpy(), self._execute_counts(spread)
+
+    def _sampling_noise(self, batch: int) -> Tensor:
+        cfg = self.cfg.head
+        if self.cfg.sampler.fixed_noise:
+            self._noise_gen.manual_seed(self.cfg.sampler.seed)
+        return torch.randn(batch, cfg.chunk, cfg.action_dim, generator=self._noise_gen).to(self.device)
+
+    def _execute_counts(self, spread: Tensor) -> np.ndarray:
+        ex = self.cfg.execution
+        if not ex.adaptive:
+            return np.full(spread.shape[0], ex.fixed, dtype=np.int64)
+        counts = execute_count(spread, ex.min_execute, ex.max_execute, ex.ratio)
+        return counts.cpu().numpy().reshape(-1)
+
+    # ---------------------------------------------------------------- checkpoints
+    def stored_state_dict(self) -> dict[str, Tensor]:
+        """The weights a checkpoint stores: all but a frozen text encoder, which ships in its own package."""
+        frozen_text = getattr(self.cfg.backbone, "freeze_text", False)
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not (frozen_text and k.startswith(FROZEN_TEXT_PREFIX))}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        save_file(self.stored_state_dict(), str(directory / WEIGHTS_FILE))
+        self.normalizer.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"checkpoint {directory} has no {name}")
+        cfg = VLAPolicyConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()),
+                                        source=str(directory / CONFIG_FILE))
+        policy = cls(cfg, Normalizer.load(directory))
+        stored = load_file(str(directory / WEIGHTS_FILE))
+        expected = policy.stored_state_dict()
+        missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        policy.load_state_dict(stored, strict=False)
+        policy.reset()
+        return policy.to(device).eval()

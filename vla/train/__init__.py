@@ -1,0 +1,1 @@
+"""Training: the loop (single process or many through accelerate), EMA, checkpoints."""
