@@ -89,7 +89,7 @@ class DatasetConfig:
 @dataclass
 class TrainConfig(TrainSettings):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    policy: Any = None  # the conf/policy/<name>.yaml group, checked by vla.policy.config.VLAPolicyConfig
+    policy: Any = None  # the conf/train/policy/<name>.yaml group, checked by vla.policy.config.VLAPolicyConfig
     env: EnvConfig = field(default_factory=EnvConfig)  # for the periodic evaluation
     out: str = "outputs/train"
 

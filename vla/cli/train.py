@@ -31,14 +31,14 @@ def sim_evaluator(cfg: configs.TrainConfig):
     return run
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR / "train"), config_name="train", version_base="1.3")
 def main(cfg: configs.TrainConfig) -> None:
     with user_errors():
         from vla.train.trainer import Trainer
 
         settings = TrainSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(TrainSettings)})
         if cfg.policy is None:
-            raise ValueError("policy: choose a policy config, e.g. policy=tiny (conf/policy/)")
+            raise ValueError("policy: choose a policy config, e.g. policy=tiny (conf/train/policy/)")
         trainer = Trainer(OmegaConf.to_container(cfg.policy, resolve=True), cfg.dataset.root, cfg.out, settings,
                           cache_dir=cfg.dataset.cache_dir or None,
                           evaluate_fn=sim_evaluator(cfg) if settings.eval_every else None)

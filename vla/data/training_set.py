@@ -11,6 +11,7 @@ later epoch reads memory instead of decoding mp4s on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ def open_lerobot_dataset(root: str | Path, chunk: int) -> LeRobotDataset:
         raise FileNotFoundError(f"dataset.root: {root} is not a LeRobotDataset v3 (no meta/info.json); record one "
                                 "with vla-record or name an existing dataset directory")
     fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
-    return LeRobotDataset(f"local/{root.name}", root=root, delta_timestamps={ACTION_KEY: [k / fps for k in range(chunk)]})
+    window = {ACTION_KEY: [k / fps for k in range(chunk)]}
+    return LeRobotDataset(f"local/{root.name}", root=root, delta_timestamps=window)
 
 
 class ChunkDataset(torch.utils.data.Dataset):
@@ -48,7 +50,10 @@ class ChunkDataset(torch.utils.data.Dataset):
         for key in (STATE_KEY, ACTION_KEY):
             if key not in meta.features:
                 raise KeyError(f"the dataset at {self.root} has no '{key}' feature")
-        self.cameras, self.image_size, self.chunk = tuple(cameras), image_size, chunk
+        # Frames are cached at the policy's size, or at the recorded size when the policy wants more pixels:
+        # upsampling in the cache would only cost disk (the policy resizes its input itself).
+        recorded = min(meta.features[IMAGE_PREFIX + c]["shape"][0] for c in cameras)
+        self.cameras, self.image_size, self.chunk = tuple(cameras), min(image_size, recorded), chunk
 
         table = self.lerobot.hf_dataset.with_format("numpy")
         self.state = np.stack(table[STATE_KEY]).astype(np.float32)  # (F, S)
@@ -76,6 +81,10 @@ class ChunkDataset(torch.utils.data.Dataset):
         key, S = IMAGE_PREFIX + cam, self.image_size
         cache_dir.mkdir(parents=True, exist_ok=True)
         stem = cache_dir / f"{cam}_{S}px_{len(self)}frames"
+        size = len(self) * 3 * S * S
+        if not Path(f"{stem}.npy").exists() and shutil.disk_usage(cache_dir).free < 1.1 * size:
+            raise OSError(f"dataset.cache_dir: {cache_dir} has {shutil.disk_usage(cache_dir).free / 1e9:.1f} GB "
+                          f"free; the {cam} frame cache needs {size / 1e9:.1f} GB")
         frames = np.lib.format.open_memmap(f"{stem}.npy", mode="r+" if Path(f"{stem}.npy").exists() else "w+",
                                            dtype=np.uint8, shape=(len(self), 3, S, S))
         done_path = Path(f"{stem}.done.json")

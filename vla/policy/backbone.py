@@ -137,7 +137,10 @@ class TinyVLM(nn.Module):
         return self.cfg.width
 
     def forward(self, images: dict[str, Tensor], instructions: list[str]) -> tuple[Tensor, Tensor]:
-        """images {camera: (B, 3, S, S) in [0, 1]}, instructions [B] -> tokens (B, T + cams*P, W), mask (B, T + cams*P)."""
+        """images {camera: (B, 3, S, S) in [0, 1]}, instructions [B] -> tokens (B, N, W), mask (B, N).
+
+        N = T text tokens + cams * P patches.
+        """
         cfg = self.cfg
         missing = [c for c in cfg.cameras if c not in images]
         if missing:
@@ -145,7 +148,8 @@ class TinyVLM(nn.Module):
         pixels = torch.stack([images[c] for c in cfg.cameras], dim=1)  # (B, cams, 3, S, S)
         B, cams = pixels.shape[:2]
         if pixels.shape[-1] != cfg.image_size or pixels.shape[-2] != cfg.image_size:
-            raise ValueError(f"TinyVLM: images must be {cfg.image_size}x{cfg.image_size}, got {tuple(pixels.shape[-2:])}")
+            raise ValueError(f"TinyVLM: images must be {cfg.image_size}x{cfg.image_size}, "
+                             f"got {tuple(pixels.shape[-2:])}")
         x = self.patchify(pixels.flatten(0, 1) * 2 - 1)  # (B*cams, W, g, g)
         x = x.flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, W)
         x = self.vit(x).view(B, cams, -1, cfg.width) + self.camera_emb[:, None]  # (B, cams, P, W)

@@ -22,15 +22,17 @@ class HFBackboneConfig:
     num_layers: int = 8  # keep the first L decoder layers; the tokens are layer L's hidden states
     cameras: tuple[str, ...] = ("front", "wrist")
     image_size: int = 128
-    freeze: bool = True  # the VLM's weights stay fixed; only the action head (and a projection) train
+    max_text_tokens: int = 32  # the instruction is padded / truncated to this many tokens
+    freeze: bool = True  # the VLM's weights stay fixed (and are not stored in checkpoints); only the action head trains
     type: str = field(default="hf", init=False)
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
         if not self.model_dir:
             raise ValueError("backbone.model_dir must name a local Hugging Face VLM directory")
-        if self.num_layers < 1:
-            raise ValueError(f"backbone.num_layers must be >= 1, got {self.num_layers}")
+        for name in ("num_layers", "image_size", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"backbone.{name} must be >= 1, got {getattr(self, name)}")
         if not self.cameras:
             raise ValueError("backbone.cameras must name at least one camera")
 

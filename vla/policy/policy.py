@@ -34,6 +34,7 @@ IMAGE_PREFIX = "observation.images."
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_TEXT_PREFIX = "backbone.text.encoder."  # loaded from its package, not stored in the checkpoint
+FROZEN_VLM_PREFIX = "backbone.vlm."  # a frozen HF VLM: loaded from backbone.model_dir, not stored either
 
 
 def resize_images(images_nhwc: Tensor, size: int) -> Tensor:
@@ -157,10 +158,14 @@ class VLAPolicy(nn.Module):
 
     # ---------------------------------------------------------------- checkpoints
     def stored_state_dict(self) -> dict[str, Tensor]:
-        """The weights a checkpoint stores: all but a frozen text encoder, which ships in its own package."""
-        frozen_text = getattr(self.cfg.backbone, "freeze_text", False)
-        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
-                if not (frozen_text and k.startswith(FROZEN_TEXT_PREFIX))}
+        """The weights a checkpoint stores: all but frozen pretrained weights that load from elsewhere (the tiny
+        backbone's text encoder from its package, a Hugging Face VLM from backbone.model_dir)."""
+        skip = []
+        if getattr(self.cfg.backbone, "freeze_text", False):
+            skip.append(FROZEN_TEXT_PREFIX)
+        if self.cfg.backbone.type == "hf" and self.cfg.backbone.freeze:
+            skip.append(FROZEN_VLM_PREFIX)
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith(tuple(skip))}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)

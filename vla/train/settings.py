@@ -1,4 +1,4 @@
-"""Training hyperparameters, validated on creation (the top level of conf/train.yaml)."""
+"""Training hyperparameters, validated on creation (the top level of conf/train/train.yaml)."""
 
 from __future__ import annotations
 

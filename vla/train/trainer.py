@@ -55,11 +55,16 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.stack([padded[b, :, dy[b]:dy[b] + S, dx[b]:dx[b] + S] for b in range(B)])
 
 
-def prepare_batch(batch: dict, cameras: tuple[str, ...], shift_pixels: int, device: torch.device) -> dict:
-    """uint8 images -> float [0, 1], augmented; everything on `device`."""
+def prepare_batch(batch: dict, cameras: tuple[str, ...], image_size: int, shift_pixels: int,
+                  device: torch.device) -> dict:
+    """uint8 images -> float [0, 1] at the policy's image size, augmented; everything on `device`."""
     out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     for cam in cameras:
-        out[IMAGE_PREFIX + cam] = random_shift(out[IMAGE_PREFIX + cam].float() / 255, shift_pixels)
+        images = out[IMAGE_PREFIX + cam].float() / 255
+        if images.shape[-1] != image_size:  # the cache holds fewer pixels than the policy wants
+            images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                                     align_corners=False)
+        out[IMAGE_PREFIX + cam] = random_shift(images, shift_pixels)
     return out
 
 
@@ -83,18 +88,25 @@ class Trainer:
         self.resume_from = latest_checkpoint(self.run_dir) if settings.resume else None
         if settings.resume and self.resume_from is None:
             print(f"resume=true but {self.run_dir} has no checkpoint yet: starting from step 0")
+        if cfg.backbone.type == "hf":  # a wrong model_dir fails now, not after decoding the frame cache
+            from vla.policy.hf_backbone import model_path
+
+            model_path(cfg.backbone.model_dir)
         with self.accelerator.main_process_first():  # the first process decodes the frame cache, the rest reuse it
             self.dataset = ChunkDataset(dataset_root, cfg.head.chunk, tuple(cfg.backbone.cameras),
                                         cfg.backbone.image_size, cache_dir)
         stats = (Normalizer.load(self.resume_from / "pretrained").to_dict() if self.resume_from
                  else self.dataset.normalization_stats(cfg.relative_actions))
         policy = VLAPolicy(cfg, Normalizer(stats))
-        self.cameras = policy.cameras
+        self.cameras, self.image_size = policy.cameras, cfg.backbone.image_size
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings.warmup_steps, settings.steps))
+        # The loader draws its iterators' seeds from its own generator: drawing them from the global RNG (the
+        # default) would shift the training noise of a run resumed mid-epoch away from the uninterrupted run's.
         loader = DataLoader(self.dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True,
-                            collate_fn=identity_collate, num_workers=settings.num_workers)
+                            collate_fn=identity_collate, num_workers=settings.num_workers,
+                            generator=torch.Generator().manual_seed(settings.seed))
         if len(loader) == 0:
             raise ValueError(f"batch_size={settings.batch_size} exceeds the dataset's {len(self.dataset)} frames")
         self.policy, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
@@ -136,7 +148,7 @@ class Trainer:
 
     def _train_step(self, batch: dict) -> tuple[float, dict, float]:
         acc = self.accelerator
-        batch = prepare_batch(batch, self.cameras, self.settings.shift_pixels, acc.device)
+        batch = prepare_batch(batch, self.cameras, self.image_size, self.settings.shift_pixels, acc.device)
         with acc.autocast():
             loss, parts = self.policy(batch)
         acc.backward(loss)
@@ -167,6 +179,7 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp / "training_state"))
+        acc.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if acc.is_main_process:
             (tmp / "training_state" / "step.json").write_text(json.dumps({"step": self.step}))
             self.ema.model.save_pretrained(tmp / "pretrained")
