@@ -294,10 +294,10 @@ def test_missing_dataset_is_named(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_unknown_policy_key_is_named(dataset_root, tmp_path):
-    result = vla_train(f"dataset.root={dataset_root}", f"out={tmp_path / 'run'}", "policy.head.widht=3")
-    assert result.returncode != 0 and "widht" in result.stderr  # hydra: not in the policy group's keys
-    result = vla_train(f"dataset.root={dataset_root}", f"out={tmp_path / 'run'}", "+policy.head.widht=3")
-    assert result.returncode == 2  # added anyway: the policy config's own check names it and what it expected
-    assert "unknown key(s) ['widht']" in result.stderr and "'width'" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_unknown_policy_key_is_named(tmp_path):
+    """Hydra refuses a key the policy group does not have (`+policy.head.widht=3` would get past it to
+    VLAPolicyConfig.from_dict, whose message test_policy.py checks; not repeated here: 15 s of imports)."""
+    result = vla_train(f"dataset.root={tmp_path}", f"out={tmp_path / 'run'}", "policy.head.widht=3")
+    assert result.returncode != 0
+    assert "policy.head.widht" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -75,9 +75,16 @@ class TextTokens(nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        from transformers.utils import logging as hf_logging
+
         path = text_encoder_path(cfg.text_encoder_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report flags an unused position_ids buffer, harmless
+        try:
+            self.encoder = AutoModel.from_pretrained(path)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.max_tokens = cfg.max_text_tokens
         self.frozen = cfg.freeze_text
         self.encoder.requires_grad_(not self.frozen)
