@@ -74,7 +74,6 @@ class TextTokens(nn.Module):
     def __init__(self, cfg: TinyVLMConfig) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
-
         from transformers.utils import logging as hf_logging
 
         path = text_encoder_path(cfg.text_encoder_dir)
