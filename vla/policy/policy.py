@@ -168,6 +168,9 @@ class VLAPolicy(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith(tuple(skip))}
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        if getattr(self, "quantization", None):
+            raise ValueError("save_pretrained writes float checkpoints; save a quantized policy with "
+                             "vla.quant.convert.save_quantized")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=1))
@@ -181,15 +184,25 @@ class VLAPolicy(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"checkpoint {directory} has no {name}")
-        cfg = VLAPolicyConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()),
-                                        source=str(directory / CONFIG_FILE))
+        data = json.loads((directory / CONFIG_FILE).read_text())
+        quantization = data.pop("quantization", None)  # written by vla-quantize
+        cfg = VLAPolicyConfig.from_dict(data, source=str(directory / CONFIG_FILE))
         policy = cls(cfg, Normalizer.load(directory))
         stored = load_file(str(directory / WEIGHTS_FILE))
-        expected = policy.stored_state_dict()
+        # Quantized layers store integer weights + scales under their module name, not float weights.
+        prefixes = tuple(f"{name}." for name in quantization.get("modules", [])) if quantization else ()
+        quantized = {k: stored.pop(k) for k in list(stored) if k.startswith(prefixes)}
+        expected = [k for k in policy.stored_state_dict() if not k.startswith(prefixes)]
         missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
         policy.load_state_dict(stored, strict=False)
+        if quantization is not None:
+            # Imported here, not at module level: vla.policy does not depend on vla.quant or its backends, and
+            # float checkpoints never touch them.
+            from vla.quant.convert import restore_quantized
+
+            restore_quantized(policy, quantization, quantized, source=str(directory / CONFIG_FILE))
         policy.reset()
         return policy.to(device).eval()

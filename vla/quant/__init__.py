@@ -1,0 +1,1 @@
+"""Post-training quantization: selective layout, torchao / bitsandbytes backends, ATM/OHB calibration, report."""
