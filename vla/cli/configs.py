@@ -94,6 +94,58 @@ class TrainConfig(TrainSettings):
     out: str = "outputs/train"
 
 
+@dataclass
+class QuantSchemeConfig:
+    backend: str = "torchao"  # torchao | bitsandbytes
+    scheme: str = "w8a8"  # torchao: w8a8 | w8; bitsandbytes: int8 | nf4
+
+
+@dataclass
+class QuantLayoutConfig:
+    quantize: list[str] = field(default_factory=list)  # module-name globs of the linear layers to quantize
+    keep: list[str] = field(default_factory=list)  # module-name globs kept in floating point
+
+
+@dataclass
+class QuantCalibrationConfig:
+    observations: int = 32  # unlabeled observations from scripted-expert rollouts (>= 32)
+    atm: bool = True  # attention temperature matching
+    ohb: bool = True  # output head balancing
+    alpha_min: float = 0.7
+    alpha_max: float = 1.4
+    max_log_beta: float = 0.3
+
+
+@dataclass
+class QuantReportConfig:
+    observations: int = 16  # held-out observations for action MSE and per-layer cosine
+    ablation: bool = True  # action MSE with ATM/OHB each on and off
+    latency_runs: int = 30
+    latency_warmup: int = 3
+    threads: int = 2  # CPU threads for the latency measurement
+    rss: bool = True  # peak RSS of a fresh process per checkpoint
+
+
+@dataclass
+class QuantEvalConfig:
+    episodes: int = 20  # per task, float and quantized; 0 skips the success evaluation
+    tasks: Any = "all"
+    num_envs: int = 2
+
+
+@dataclass
+class QuantizeConfig:
+    checkpoint: str = "checkpoints/tabletop"
+    quant: QuantSchemeConfig = field(default_factory=QuantSchemeConfig)  # the conf/quant/<name>.yaml group
+    layout: QuantLayoutConfig = field(default_factory=QuantLayoutConfig)
+    calibration: QuantCalibrationConfig = field(default_factory=QuantCalibrationConfig)
+    report: QuantReportConfig = field(default_factory=QuantReportConfig)
+    eval: QuantEvalConfig = field(default_factory=QuantEvalConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    seed: int = 0
+    out: str = "outputs/quantize"
+
+
 def env_kwargs(env: EnvConfig, **extra) -> dict:
     """Keyword arguments for `TabletopEnv` from the env config."""
     if env.name != "tabletop":
@@ -108,3 +160,4 @@ def register() -> None:
     cs.store(name="record_schema", node=RecordConfig)
     cs.store(name="bridge_schema", node=BridgeConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="quantize_schema", node=QuantizeConfig)
