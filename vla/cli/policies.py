@@ -8,11 +8,18 @@ from pathlib import Path
 from vla.protocol import ChunkPolicy
 
 
-def policy_factory(spec: str, robot: str, control_hz: int, expert_chunk: int = 1) -> Callable[[], ChunkPolicy]:
+def policy_factory(spec: str, robot: str, control_hz: int, expert_chunk: int = 1,
+                   env: str = "tabletop") -> Callable[[], ChunkPolicy]:
     """A function that builds one policy instance per environment or robot.
 
     `expert_chunk`: actions per expert call; a bridged policy must plan beyond its own inference delay.
+    `env`: which scripted expert `expert` means (the tabletop's, or LIBERO's for a `libero_*` suite).
     """
+    if spec == "expert" and env.startswith("libero"):
+        from vla.sim.libero_expert import LiberoExpert, check_expert_suite
+
+        check_expert_suite(env)
+        return LiberoExpert
     if spec == "expert":
         from vla.sim.expert import ScriptedExpert
 

