@@ -140,7 +140,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             for p in ("p50", "p95"):
                 f, qv = lat[f"{prefix}float_{p}"], lat[f"{prefix}quantized_{p}"]
                 lines.append(f"| chunk latency {device} {p} (ms, {lat['threads']} CPU threads) | {f:.1f} | {qv:.1f} "
-                             f"| {f / qv:.2f}x faster |")
+                             f"| {f / qv:.2f}x speed-up |")
     lines += ["", f"Action MSE against the float model (same noise, {report['observations']['eval']} held-out "
                   f"observations, {report['sampler_steps']} denoising steps): **{report['action_mse']:.3e}** "
                   f"(action variance {report['action_variance']:.3e}).", ""]
