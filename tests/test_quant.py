@@ -165,7 +165,7 @@ def test_vla_quantize_writes_a_loadable_checkpoint_and_the_contract_report(polic
     out = tmp_path / "w8a8"
     result = run_quantize(f"checkpoint={checkpoint}", "quant=w8a8", f"out={out}", "eval.episodes=1",
                           "eval.tasks=put_red_cube_in_bin", "eval.num_envs=1", "report.latency_runs=2",
-                          "report.ablation=false", "report.threads=1")
+                          "report.ablation=false", "report.threads=1", "report.observations=4")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     wb = report["weight_bytes"]

@@ -32,11 +32,13 @@ def _unfused(module: nn.Module, args: tuple) -> None:
     return None
 
 
-def _keep_encoder_layers_unfused(model: nn.Module) -> None:
+def keep_encoder_layers_unfused(model: nn.Module) -> None:
     """torch's fused TransformerEncoderLayer kernel reads linear1/linear2.weight as plain float tensors (it would
-    feed bitsandbytes' int8 storage to a float GEMM); a layer with any forward hook takes the module path instead."""
+    feed bitsandbytes' int8 storage to a float GEMM, and quantize_dynamic's weight is a method); a layer with any
+    forward hook takes the module path, which calls the swapped layers."""
     for layer in model.modules():
-        if isinstance(layer, nn.TransformerEncoderLayer) and any(is_quantized_layer(m) for m in layer.modules()):
+        if isinstance(layer, nn.TransformerEncoderLayer) and any(
+                type(m) is not nn.Linear or is_quantized_layer(m) for m in (layer.linear1, layer.linear2)):
             layer.register_forward_pre_hook(_unfused)
 
 
@@ -46,7 +48,7 @@ def quantize_policy(policy: VLAPolicy, layout: Layout, scheme: Scheme) -> VLAPol
     names = layout.select(model)
     for name in names:
         _set_module(model, name, scheme.quantize(model.get_submodule(name)))
-    _keep_encoder_layers_unfused(model)
+    keep_encoder_layers_unfused(model)
     model.quantization = {"backend": scheme.backend, "scheme": scheme.name, "modules": names}
     return model
 
@@ -93,5 +95,5 @@ def restore_quantized(policy: VLAPolicy, section: dict[str, Any], tensors: dict[
         if not layer:
             raise ValueError(f"{source}: no stored tensors for the quantized layer {name!r}")
         _set_module(policy, name, scheme.restore(modules[name], layer))
-    _keep_encoder_layers_unfused(policy)
+    keep_encoder_layers_unfused(policy)
     policy.quantization = {k: section[k] for k in ("backend", "scheme", "modules")}

@@ -24,14 +24,17 @@ from vla.quant.report import action_mse, chunk_latency, layer_cosine, peak_rss_m
 from vla.sim.report import run_metadata, wilson_interval
 from vla.sim.tasks import Task
 
-WHY = {
-    ("torchao", "w8a8"): "Dynamic int8 activations x int8 weights: the matmul itself is integer (torch._int_mm), the "
-                         "fastest real-kernel CPU path in benchmarks/results/quant_backends.md.",
-    ("torchao", "w8"): "Weight-only int8: 4x smaller weights, but the weight is cast back to float inside every "
-                       "matmul, so it is not faster on the CPU.",
-    ("bitsandbytes", "int8"): "bitsandbytes 8-bit (the onboard-GPU format); on the CPU its inputs go through "
-                              "float16 quantization, slower than torchao's int8 path.",
-    ("bitsandbytes", "nf4"): "bitsandbytes 4-bit NF4 (the smallest weights); dequantized per matmul.",
+WHY = {  # from benchmarks/results/quant_backends.md (2 busy CPU cores, the tiny.yaml-sized policy)
+    ("torchao", "w8a8"): "torchao dynamic int8 activations x int8 weights: the matmul itself is integer "
+                         "(torch._int_mm), the faster of the two real int8-kernel paths on the CPU (bitsandbytes int8 "
+                         "is the other), hence the default. At this policy's widths (128-512) quantizing activations "
+                         "per token costs more than the integer matmul saves: it measured 0.6-0.7x float's speed.",
+    ("torchao", "w8"): "torchao weight-only int8: the same 4x smaller weights, but the weight is cast back to float "
+                       "inside every matmul (no integer kernel); it measured about float's speed (1.0x).",
+    ("bitsandbytes", "int8"): "bitsandbytes 8-bit (the onboard-GPU format); on the CPU its inputs are quantized through "
+                              "float16 first, and it measured 0.6x float's speed.",
+    ("bitsandbytes", "nf4"): "bitsandbytes 4-bit NF4 (the smallest weights); dequantized per matmul on the CPU, "
+                             "measured 0.8x float's speed.",
 }
 
 
