@@ -31,8 +31,8 @@ WHY = {  # from benchmarks/results/quant_backends.md (2 busy CPU cores, the tiny
                          "per token costs more than the integer matmul saves: it measured 0.6-0.7x float's speed.",
     ("torchao", "w8"): "torchao weight-only int8: the same 4x smaller weights, but the weight is cast back to float "
                        "inside every matmul (no integer kernel); it measured about float's speed (1.0x).",
-    ("bitsandbytes", "int8"): "bitsandbytes 8-bit (the onboard-GPU format); on the CPU its inputs are quantized through "
-                              "float16 first, and it measured 0.6x float's speed.",
+    ("bitsandbytes", "int8"): "bitsandbytes 8-bit (the onboard-GPU format); on the CPU its inputs are quantized "
+                              "through float16 first, and it measured 0.6x float's speed.",
     ("bitsandbytes", "nf4"): "bitsandbytes 4-bit NF4 (the smallest weights); dequantized per matmul on the CPU, "
                              "measured 0.8x float's speed.",
 }
