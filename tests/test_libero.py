@@ -111,7 +111,7 @@ def test_eval_cli_one_libero_task(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "named"), [
-    (["env=libero_spatial", "tasks=pick_up_the_black_bowl"], "Did you mean"),
+    (["env=libero_spatial", "tasks=pick_up_the_black_bowl_on_the_stov_and_place_it_on_the_plate"], "Did you mean"),
     (["env=libero_goal"], "covers libero_spatial, libero_object"),
     (["env=libero_spatial", "env.control_hz=10"], "20 Hz"),
     (["env=libero_spatial", "episodes=51"], "episodes must be within 1..50"),
