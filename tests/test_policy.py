@@ -26,6 +26,8 @@ from vla.policy.policy import (
 )
 from vla.protocol import ChunkPolicy, split_chunk
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 A = S = 8  # action and state dims (7 arm joints + gripper)
 H = 8  # chunk
 TINY = {
@@ -68,15 +70,6 @@ def make_obs(seed: int = 0, size: int = 64) -> dict:
     return {"observation.images.front": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
             "observation.images.wrist": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
             "observation.state": rng.normal(0, 0.5, S).astype(np.float32), "task": TASKS[0]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a 2-core machine (10-100x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

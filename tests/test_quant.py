@@ -26,17 +26,11 @@ from vla.quant.calibrate import CalibrationSettings, attention_sites, calibrate,
 from vla.quant.convert import quantize_policy, save_quantized
 from vla.quant.layout import DEFAULT_KEEP, DEFAULT_QUANTIZE, Layout
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 ALL_SCHEMES = [(backend, name) for backend, names in SCHEMES.items() for name in names]
 INT8_TYPES = {"w8a8": torch.int8, "w8": torch.int8, "int8": torch.int8, "nf4": torch.uint8}  # nf4: 2 per byte
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

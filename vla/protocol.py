@@ -41,3 +41,13 @@ def split_chunk(output: np.ndarray | tuple[np.ndarray, int], action_dim: int) ->
     if not 1 <= n_execute <= len(actions):
         raise ValueError(f"predict_chunk returned n_execute={n_execute}, expected 1..{len(actions)}")
     return actions, n_execute
+
+
+def checked_action(action: Any, action_dim: int) -> np.ndarray:
+    """One env action as float64 (action_dim,), refusing a wrong shape or non-finite values (never silently)."""
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if action.shape != (action_dim,):
+        raise ValueError(f"action must have shape ({action_dim},), got {action.shape}")
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"action has non-finite values: {action}")
+    return action

@@ -35,6 +35,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from vla.protocol import checked_action
 from vla.sim.libero_setup import import_libero
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -233,11 +234,7 @@ class LiberoEnv(gym.Env):
         return self._observation(raw), self._info(raw)
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action has non-finite values: {action}")
+        action = checked_action(action, ACTION_DIM)
         clipped = np.clip(action, -1.0, 1.0)
         raw, _, _, _ = self._env.step(clipped)
         self.steps += 1

@@ -25,6 +25,7 @@ import mujoco
 import numpy as np
 
 from vla.limits import RobotLimits, load_robot_limits
+from vla.protocol import checked_action
 from vla.sim import scene
 from vla.sim.init_states import free_spot, sample_init_state
 from vla.sim.tasks import INSTRUCTION_MODES, SceneView, Task, get_task, is_success
@@ -224,11 +225,7 @@ class TabletopEnv(gym.Env):
         return self._observation(), self._info()
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action has non-finite values: {action}")
+        action = checked_action(action, ACTION_DIM)
         target = np.clip(action, self.action_space.low, self.action_space.high)
         n = self.limits.num_joints
         # Like the arm's own motion generator, the servo target moves at most velocity x period per step: an
