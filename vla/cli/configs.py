@@ -23,6 +23,11 @@ class EnvConfig:
     control_hz: int = 10
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset while objects settle
     max_steps: int = 0  # LIBERO: policy steps per episode; 0 = the suite's standard limit
+    # The env's layout, which vla-train gives the policy (conf/train/train.yaml); checked against the env.
+    state_dim: int = 8
+    action_dim: int = 8
+    relative_actions: bool = True  # vla-train: arm actions are learned as offsets from the state (absolute targets)
+    dataset_cameras: dict[str, str] = field(default_factory=dict)  # vla-train: a dataset's camera -> an env camera
 
 
 @dataclass
@@ -152,15 +157,33 @@ def is_libero(env: EnvConfig) -> bool:
     return env.name.startswith("libero")
 
 
+def env_tasks(env: EnvConfig, spec: Any) -> list:
+    """The env's tasks that `spec` names: tabletop `Task`s, or `LiberoTask`s of the env's suite."""
+    if is_libero(env):
+        from vla.sim.libero_env import resolve_libero_tasks
+
+        return resolve_libero_tasks(env.name, spec)
+    from vla.sim.tasks import resolve_tasks
+
+    return resolve_tasks(spec)
+
+
+def check_layout(env: EnvConfig, state_dim: int, action_dim: int) -> None:
+    if (env.state_dim, env.action_dim) != (state_dim, action_dim):
+        raise ValueError(f"env.state_dim, env.action_dim: {env.name} has {state_dim}-D states and {action_dim}-D "
+                         f"actions; got {env.state_dim} and {env.action_dim}")
+
+
 def env_kwargs(env: EnvConfig, **extra) -> dict:
     """Keyword arguments for `TabletopEnv` or `LiberoEnv` from the env config."""
     if is_libero(env):
-        from vla.sim.libero_env import CONTROL_HZ, check_suite
+        from vla.sim.libero_env import ACTION_DIM, CONTROL_HZ, STATE_DIM, check_suite
 
         check_suite(env.name)
         if env.control_hz != CONTROL_HZ or env.robot != "panda":
             raise ValueError(f"env: LIBERO runs a Panda at {CONTROL_HZ} Hz; got env.robot={env.robot}, "
                              f"env.control_hz={env.control_hz}")
+        check_layout(env, STATE_DIM, ACTION_DIM)
         return {"suite": env.name, "image_size": env.image_size, "cameras": tuple(env.cameras),
                 "num_wait_steps": env.num_wait_steps, "max_steps": env.max_steps or None, **extra}
     if env.name != "tabletop":
@@ -168,6 +191,9 @@ def env_kwargs(env: EnvConfig, **extra) -> dict:
     if env.max_steps or env.num_wait_steps != EnvConfig.num_wait_steps:
         raise ValueError("env.max_steps and env.num_wait_steps are LIBERO settings; the tabletop tasks have their "
                          "own step limits (vla/sim/tasks.py)")
+    from vla.sim.tabletop_env import ACTION_DIM, STATE_DIM
+
+    check_layout(env, STATE_DIM, ACTION_DIM)
     return {"robot": env.robot, "image_size": env.image_size, "cameras": tuple(env.cameras),
             "control_hz": env.control_hz, **extra}
 

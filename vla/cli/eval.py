@@ -12,7 +12,6 @@ from vla.cli.policies import policy_factory
 from vla.limits import CONF_DIR
 from vla.sim.evaluate import EvalSettings, evaluate, libero_suite
 from vla.sim.tabletop_env import Perturbation
-from vla.sim.tasks import resolve_tasks
 
 configs.register()
 
@@ -23,23 +22,17 @@ def main(cfg: configs.EvalConfig) -> None:
         common = {"episodes": cfg.episodes, "num_envs": cfg.num_envs, "seed": cfg.seed,
                   "videos_per_task": cfg.videos_per_task}
         if configs.is_libero(cfg.env):
-            from vla.sim.libero_env import resolve_libero_tasks
-
             if cfg.instruction != "canonical" or cfg.perturbation.kind != "none":
                 raise ValueError("instruction and perturbation: LIBERO tasks have one instruction and no "
                                  "perturbations; leave them at canonical and none")
             kwargs = configs.env_kwargs(cfg.env)
-            settings = EvalSettings(tasks=resolve_libero_tasks(cfg.env.name, cfg.tasks), env_kwargs=kwargs,
-                                    suite=libero_suite(kwargs), **common)
+            suite = libero_suite(kwargs)
         else:
-            settings = EvalSettings(
-                tasks=resolve_tasks(cfg.tasks),
-                env_kwargs=configs.env_kwargs(
-                    cfg.env, instruction_mode=cfg.instruction,
-                    perturbation=Perturbation(kind=cfg.perturbation.kind, step=cfg.perturbation.step),
-                ),
-                **common,
-            )
+            kwargs = configs.env_kwargs(
+                cfg.env, instruction_mode=cfg.instruction,
+                perturbation=Perturbation(kind=cfg.perturbation.kind, step=cfg.perturbation.step))
+            suite = None  # EvalSettings' default: the tabletop suite
+        settings = EvalSettings(tasks=configs.env_tasks(cfg.env, cfg.tasks), env_kwargs=kwargs, suite=suite, **common)
         make_policy = policy_factory(cfg.policy, cfg.env.robot, cfg.env.control_hz, env=cfg.env.name)
         out = Path(cfg.out)
         evaluate(make_policy, settings, out, policy_name=cfg.policy)

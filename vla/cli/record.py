@@ -9,7 +9,6 @@ import hydra
 from vla.cli import configs
 from vla.cli.errors import user_errors
 from vla.limits import CONF_DIR
-from vla.sim.tasks import resolve_tasks
 
 configs.register()
 
@@ -19,8 +18,17 @@ SOURCES = ("expert", "keyboard", "dds", "ros2")
 @hydra.main(config_path=str(CONF_DIR), config_name="record", version_base="1.3")
 def main(cfg: configs.RecordConfig) -> None:
     with user_errors():
-        tasks = resolve_tasks(cfg.task)
-        env_kwargs = configs.env_kwargs(cfg.env, instruction_mode=cfg.instruction)
+        if configs.is_libero(cfg.env):
+            if cfg.source != "expert":
+                raise ValueError(f"source: LIBERO episodes come from the scripted expert (source=expert), "
+                                 f"got '{cfg.source}'")
+            if cfg.instruction != configs.RecordConfig.instruction:
+                raise ValueError("instruction: LIBERO tasks have one instruction each; leave instruction at "
+                                 f"'{configs.RecordConfig.instruction}'")
+            env_kwargs = configs.env_kwargs(cfg.env)
+        else:
+            env_kwargs = configs.env_kwargs(cfg.env, instruction_mode=cfg.instruction)
+        tasks = configs.env_tasks(cfg.env, cfg.task)
         root = Path(cfg.root)
         if cfg.source == "expert":
             from vla.data.record import record_expert

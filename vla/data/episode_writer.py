@@ -4,8 +4,8 @@ at most the episode in progress.
 Frames (one dict per control step, checked by `EpisodeWriter.add_frame`):
 
     observation.images.<camera>  uint8 (image_size, image_size, 3), stored as mp4 video by lerobot
-    observation.state            float32 (state_dim,)   joint1..joint7, gripper
-    action                       float32 (action_dim,)  same names
+    observation.state            float32 (state_dim,)   joint1..joint7, gripper (or the env's `state_names`)
+    action                       float32 (action_dim,)  same names (or the env's `action_names`)
     task                         str, the instruction (lerobot's task table, `meta/tasks.parquet`)
 
 Seed and success of an episode are known only when it is saved; they are stored as two per-frame features,
@@ -83,11 +83,16 @@ def _video_encoder() -> RGBEncoderConfig:
     return RGBEncoderConfig(vcodec="h264", crf=23, preset="veryfast", extra_options={"x264-params": "log=1"})
 
 
-def dataset_features(camera_names: Sequence[str], image_size: int, state_dim: int, action_dim: int) -> dict:
-    """The lerobot feature spec of an `EpisodeWriter` dataset."""
+def dataset_features(camera_names: Sequence[str], image_size: int, state_dim: int, action_dim: int,
+                     state_names: Sequence[str] | None = None, action_names: Sequence[str] | None = None) -> dict:
+    """The lerobot feature spec of an `EpisodeWriter` dataset; names default to joint1..jointN-1, gripper."""
 
-    def joint_names(dim: int) -> list[str]:
-        return [f"joint{i + 1}" for i in range(dim - 1)] + ["gripper"]
+    def names(given: Sequence[str] | None, dim: int, key: str) -> list[str]:
+        if given is None:
+            return [f"joint{i + 1}" for i in range(dim - 1)] + ["gripper"]
+        if len(given) != dim:
+            raise ValueError(f"{key}: {len(given)} names for {dim} dims: {list(given)}")
+        return list(given)
 
     features: dict[str, dict[str, Any]] = {
         f"{IMAGE_PREFIX}{camera}": {
@@ -97,8 +102,9 @@ def dataset_features(camera_names: Sequence[str], image_size: int, state_dim: in
         }
         for camera in camera_names
     }
-    features[STATE_KEY] = {"dtype": "float32", "shape": (state_dim,), "names": joint_names(state_dim)}
-    features[ACTION_KEY] = {"dtype": "float32", "shape": (action_dim,), "names": joint_names(action_dim)}
+    features[STATE_KEY] = {"dtype": "float32", "shape": (state_dim,), "names": names(state_names, state_dim, STATE_KEY)}
+    features[ACTION_KEY] = {"dtype": "float32", "shape": (action_dim,),
+                            "names": names(action_names, action_dim, ACTION_KEY)}
     features[SEED_KEY] = {"dtype": "int64", "shape": (1,), "names": None}
     features[SUCCESS_KEY] = {"dtype": "bool", "shape": (1,), "names": None}
     return features
@@ -121,6 +127,8 @@ class EpisodeWriter:
         image_size: int = 128,
         state_dim: int = 8,
         action_dim: int = 8,
+        state_names: Sequence[str] | None = None,
+        action_names: Sequence[str] | None = None,
         resume: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -134,7 +142,7 @@ class EpisodeWriter:
             raise ValueError(f"state_dim and action_dim must be >= 1, got {state_dim} and {action_dim}")
         # libx264 prints a banner per video through PyAV's INFO logging: one per camera per episode.
         av.logging.set_level(av.logging.ERROR)
-        self._features = dataset_features(camera_names, image_size, state_dim, action_dim)
+        self._features = dataset_features(camera_names, image_size, state_dim, action_dim, state_names, action_names)
         self._frames: list[dict[str, Any]] = []
         repo_id = f"local/{self.root.name}"
         if (self.root / "meta" / "info.json").is_file():

@@ -1,20 +1,24 @@
-"""Recording sessions: run a source (the scripted expert, or a person at the keyboard) in the
-tabletop env and write every kept episode to a LeRobotDataset v3 through `EpisodeWriter`.
+"""Recording sessions: run a source (a scripted expert, or a person at the keyboard) in the tabletop env or a
+LIBERO suite and write every kept episode to a LeRobotDataset v3 through `EpisodeWriter`.
 
 Episode seeds are derived from the session seed, the task and the attempt number
 (never the evaluation seeds), so a resumed session skips exactly the episodes
 that are already in the dataset. Ctrl-C discards only the episode in progress.
+LIBERO episodes start from the placement LIBERO samples for the seed, not from the
+suite's stored initial states (those are the evaluation's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 from tqdm import tqdm
 
 from vla.data.episode_writer import EpisodeWriter
-from vla.protocol import split_chunk
+from vla.protocol import ChunkPolicy, split_chunk
 from vla.sim.expert import ScriptedExpert
 from vla.sim.tabletop_env import ACTION_DIM, STATE_DIM, TabletopEnv
 from vla.sim.tasks import TASKS, Task
@@ -23,8 +27,9 @@ RECORD_SEED_OFFSET = 1_000_000_000  # keeps demo seeds far from the evaluation s
 _ATTEMPTS_PER_TASK = 10_000
 
 
-def episode_seed(session_seed: int, task: Task, attempt: int) -> int:
-    task_index = list(TASKS).index(task.name)
+def episode_seed(session_seed: int, task: Task, attempt: int, task_names: tuple[str, ...] = tuple(TASKS)) -> int:
+    """`task_names`: the suite's task order (the tabletop's by default); seeds stay below 2**32 (numpy's limit)."""
+    task_index = task_names.index(task.name)
     return RECORD_SEED_OFFSET + session_seed * 1_000_000 + task_index * _ATTEMPTS_PER_TASK + attempt
 
 
@@ -35,14 +40,49 @@ class RecordSummary:
     total_episodes: int  # in the dataset
 
 
-def run_expert_episode(env: TabletopEnv, expert: ScriptedExpert, writer: EpisodeWriter, task: Task, seed: int) -> bool:
+@dataclass
+class ExpertSession:
+    """An env with its scripted expert, and how their episodes are laid out in a dataset."""
+
+    env: gym.Env
+    expert: ChunkPolicy
+    task_names: tuple[str, ...]  # the suite's task order, for `episode_seed`
+    writer_layout: dict[str, Any]  # `EpisodeWriter` keywords: fps, camera_names, image_size, dims, names, robot_type
+    reset_options: dict[str, Any] = field(default_factory=dict)  # besides the task
+
+
+def tabletop_session(tasks: list[Task], env_kwargs: dict) -> ExpertSession:
+    env = TabletopEnv(task=tasks[0].name, **env_kwargs)
+    fps = round(1.0 / env.control_dt)
+    return ExpertSession(env, ScriptedExpert(env.limits, fps), tuple(TASKS), {
+        "fps": fps, "camera_names": list(env.cameras), "image_size": env.image_size, "state_dim": STATE_DIM,
+        "action_dim": ACTION_DIM, "robot_type": env.limits.name})
+
+
+def libero_session(tasks: list, env_kwargs: dict) -> ExpertSession:
+    """`tasks`: `LiberoTask`s of the suite that `env_kwargs` (`LiberoEnv`'s) name."""
+    from vla.sim import libero_env
+    from vla.sim.libero_expert import LiberoExpert, check_expert_suite
+
+    check_expert_suite(env_kwargs["suite"])
+    env = libero_env.LiberoEnv(task=tasks[0].name, **env_kwargs)
+    return ExpertSession(env, LiberoExpert(), tuple(libero_env.suite_tasks(env.suite)), {
+        "fps": libero_env.CONTROL_HZ, "camera_names": list(env.cameras), "image_size": env.image_size,
+        "state_dim": libero_env.STATE_DIM, "action_dim": libero_env.ACTION_DIM,
+        "state_names": libero_env.STATE_NAMES, "action_names": libero_env.ACTION_NAMES, "robot_type": "panda"},
+        reset_options={"sample_init": True})
+
+
+def run_expert_episode(session: ExpertSession, writer: EpisodeWriter, task_name: str, seed: int) -> bool:
     """One expert episode, every frame buffered in the writer; returns success."""
-    obs, info = env.reset(seed=seed, options={"task": task.name})
+    env, expert = session.env, session.expert
+    obs, info = env.reset(seed=seed, options={"task": task_name, **session.reset_options})
     expert.reset(seed)
     done = False
     while not done:
         actions, _ = split_chunk(expert.predict_chunk({**obs, "privileged": info["privileged"],
-                                                      "task_name": info["task_name"]}), ACTION_DIM)
+                                                      "task_name": info["task_name"]}),
+                                 session.writer_layout["action_dim"])
         action = actions[0]
         writer.add_frame({**obs, "action": action})
         obs, _, terminated, truncated, info = env.step(action)
@@ -50,22 +90,24 @@ def run_expert_episode(env: TabletopEnv, expert: ScriptedExpert, writer: Episode
     return bool(info["success"])
 
 
-def record_expert(tasks: list[Task], episodes: int, root: Path, env_kwargs: dict, *, session_seed: int = 0,
+def record_expert(tasks: list, episodes: int, root: Path, env_kwargs: dict, *, session_seed: int = 0,
                   resume: bool = False, keep_failed: bool = False, max_attempts_factor: int = 3) -> RecordSummary:
-    """Record `episodes` successful expert episodes per task (failed ones only if `keep_failed`)."""
+    """Record `episodes` successful expert episodes per task (failed ones only if `keep_failed`).
+
+    `tasks` and `env_kwargs`: tabletop `Task`s and `TabletopEnv` keywords, or `LiberoTask`s and `LiberoEnv`
+    keywords (they name a `suite`).
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    env = TabletopEnv(task=tasks[0].name, **env_kwargs)
-    expert = ScriptedExpert(env.limits, round(1.0 / env.control_dt))
+    session = (libero_session if "suite" in env_kwargs else tabletop_session)(tasks, env_kwargs)
     recorded, attempts = {}, {}
     try:
-        with EpisodeWriter(root=root, fps=round(1.0 / env.control_dt), camera_names=list(env.cameras),
-                           image_size=env.image_size, state_dim=STATE_DIM, action_dim=ACTION_DIM,
-                           robot_type=env.limits.name, resume=resume) as writer:
+        with EpisodeWriter(root=root, resume=resume, **session.writer_layout) as writer:
             existing = writer.recorded_episodes()  # seed -> success
             progress = tqdm(total=episodes * len(tasks), desc="record expert", unit="ep")
             for task in tasks:
-                seeds = [episode_seed(session_seed, task, a) for a in range(episodes * max_attempts_factor)]
+                seeds = [episode_seed(session_seed, task, a, session.task_names)
+                         for a in range(episodes * max_attempts_factor)]
                 kept = sum(1 for s in seeds if s in existing and (existing[s] or keep_failed))
                 progress.update(min(kept, episodes))
                 recorded[task.name] = attempts[task.name] = 0
@@ -75,7 +117,7 @@ def record_expert(tasks: list[Task], episodes: int, root: Path, env_kwargs: dict
                     if seed in existing:
                         continue
                     attempts[task.name] += 1
-                    success = run_expert_episode(env, expert, writer, task, seed)
+                    success = run_expert_episode(session, writer, task.name, seed)
                     if success or keep_failed:
                         writer.save_episode(seed=seed, success=success)
                         kept += 1
@@ -89,5 +131,5 @@ def record_expert(tasks: list[Task], episodes: int, root: Path, env_kwargs: dict
             progress.close()
             total = writer.num_episodes
     finally:
-        env.close()
+        session.env.close()
     return RecordSummary(recorded=recorded, attempts=attempts, total_episodes=total)

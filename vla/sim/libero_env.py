@@ -17,8 +17,10 @@ position delta (3, scaled by 0.05 m), rotation delta (3, axis-angle, scaled by 0
 +1 close).
 
 Reset: LIBERO's hard reset (the model is rebuilt), then one of the suite's stored initial states
-(`options["init_state"]`, a flattened MuJoCo state, or `options["init_index"]`), then `num_wait_steps` no-op
-steps while objects settle (the standard protocol's 10). `max_steps` counts policy steps after the wait.
+(`options["init_state"]`, a flattened MuJoCo state, or `options["init_index"]`) or, with
+`options["sample_init"]`, the placement LIBERO's reset samples from the task's regions (seeded by `seed`: fresh
+scenes for demonstrations, away from the evaluation's stored states), then `num_wait_steps` no-op steps while
+objects settle (the standard protocol's 10). `max_steps` counts policy steps after the wait.
 Rendering: no shadows, reflections or multisampling, and an offscreen buffer of the image size (robosuite
 allocates 640x480 with 4x MSAA and reads it back every step: 3x slower). `info["privileged"]` (for scripted
 experts only) is laid out as `PRIVILEGED`: the end effector, and the object and target of a pick-and-place goal.
@@ -45,6 +47,11 @@ NUM_WAIT_STEPS = 10
 CONTROL_HZ = 20
 STATE_DIM = 8
 ACTION_DIM = 7
+# Feature names for datasets recorded in this env (lerobot's `names`), in the layouts described above.
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "gripper_finger_left", "gripper_finger_right")
+ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "delta_axis_angle_x", "delta_axis_angle_y", "delta_axis_angle_z",
+                "gripper")
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # vla name -> robosuite camera
 RENDERING = "no shadows, reflections or multisampling; offscreen buffer of the image size"
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # hold still, gripper open
@@ -208,8 +215,8 @@ class LiberoEnv(gym.Env):
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Options: `task` (a task of this suite), `init_state` (a flattened MuJoCo state) or `init_index`
-        (into the suite's stored states, default 0)."""
+        """Options: `task` (a task of this suite), `init_state` (a flattened MuJoCo state), `init_index`
+        (into the suite's stored states, default 0) or `sample_init` (keep the placement the reset samples)."""
         super().reset(seed=seed)
         if not options and self.queued_reset_options is not None:
             options, self.queued_reset_options = self.queued_reset_options, None
@@ -222,7 +229,7 @@ class LiberoEnv(gym.Env):
         self._env.reset()  # a hard reset: the model and its render context are rebuilt
         if self.render_images:
             self._fast_rendering()
-        state = options.get("init_state")
+        state = self.sim_state() if options.get("sample_init") else options.get("init_state")
         if state is None:
             state = load_libero_init_states(self.suite, self.task.name)[options.get("init_index", 0)]
         raw = self._env.set_init_state(np.asarray(state, dtype=np.float64))
