@@ -14,19 +14,23 @@ from vla.limits import CONF_DIR
 from vla.train.settings import TrainSettings
 
 configs.register()
+# conf/train/train.yaml puts conf/ on hydra's search path through this, wherever vla-train runs from.
+OmegaConf.register_new_resolver("vla_conf_dir", lambda: str(CONF_DIR), replace=True)
 
 
 def sim_evaluator(cfg: configs.TrainConfig):
-    """Evaluate a checkpoint on every tabletop task (`eval_episodes` each); returns the average success."""
+    """Evaluate a checkpoint on every task of the env (`eval_episodes` each); returns the average success."""
     from vla.cli.policies import policy_factory
-    from vla.sim.evaluate import EvalSettings, evaluate
-    from vla.sim.tasks import resolve_tasks
+    from vla.sim.evaluate import EvalSettings, evaluate, libero_suite
+
+    kwargs = configs.env_kwargs(cfg.env)
+    tasks, suite = configs.env_tasks(cfg.env, "all"), libero_suite(kwargs) if configs.is_libero(cfg.env) else None
 
     def run(checkpoint: Path, out: Path) -> float:
-        settings = EvalSettings(tasks=resolve_tasks("all"), episodes=cfg.eval_episodes, num_envs=2, seed=0,
-                                videos_per_task=0, env_kwargs=configs.env_kwargs(cfg.env))
-        report = evaluate(policy_factory(str(checkpoint), cfg.env.robot, cfg.env.control_hz), settings, out,
-                          policy_name=str(checkpoint))
+        settings = EvalSettings(tasks=tasks, episodes=cfg.eval_episodes, num_envs=2, seed=0, videos_per_task=0,
+                                env_kwargs=kwargs, suite=suite)
+        report = evaluate(policy_factory(str(checkpoint), cfg.env.robot, cfg.env.control_hz, env=cfg.env.name),
+                          settings, out, policy_name=str(checkpoint))
         return report["average_success"]
     return run
 
@@ -39,9 +43,14 @@ def main(cfg: configs.TrainConfig) -> None:
         settings = TrainSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(TrainSettings)})
         if cfg.policy is None:
             raise ValueError("policy: choose a policy config, e.g. policy=tiny (conf/train/policy/)")
+        unknown = {name: cam for name, cam in cfg.env.dataset_cameras.items() if cam not in cfg.env.cameras}
+        if unknown:
+            raise ValueError(f"env.dataset_cameras: {unknown} map to cameras {cfg.env.name} does not have "
+                             f"(env.cameras: {list(cfg.env.cameras)})")
         trainer = Trainer(OmegaConf.to_container(cfg.policy, resolve=True), cfg.dataset.root, cfg.out, settings,
                           cache_dir=cfg.dataset.cache_dir or None,
-                          evaluate_fn=sim_evaluator(cfg) if settings.eval_every else None)
+                          evaluate_fn=sim_evaluator(cfg) if settings.eval_every else None,
+                          dataset_cameras=dict(cfg.env.dataset_cameras))
         last = trainer.run()
         if trainer.accelerator.is_main_process:
             print(f"trained {settings.steps} steps; policy checkpoint: {last / 'pretrained'}")

@@ -36,23 +36,32 @@ def open_lerobot_dataset(root: str | Path, chunk: int) -> LeRobotDataset:
 class ChunkDataset(torch.utils.data.Dataset):
     """Batches of {`observation.images.<cam>` (B, 3, S, S) uint8, `observation.state` (B, S), `action` (B, H, A),
     `action_is_pad` (B, H), `task` [B]}; index it with a list of frame indices (the DataLoader does, through
-    `__getitems__`)."""
+    `__getitems__`).
+
+    `cameras` are the policy's (the env's) names. A dataset recorded elsewhere may name them differently:
+    `camera_map` maps its camera names to the policy's (`{"image": "agentview"}` reads the policy's `agentview`
+    from `observation.images.image`). `state_dim` / `action_dim`, when given, must be the dataset's.
+    """
 
     def __init__(self, root: str | Path, chunk: int, cameras: tuple[str, ...], image_size: int,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, *, camera_map: dict[str, str] | None = None,
+                 state_dim: int | None = None, action_dim: int | None = None) -> None:
         self.root = Path(root)
         self.lerobot = open_lerobot_dataset(self.root, chunk)
         meta = self.lerobot.meta
-        for cam in cameras:
-            if IMAGE_PREFIX + cam not in meta.video_keys:
-                raise KeyError(f"policy camera '{cam}': the dataset at {self.root} has no video feature "
-                               f"'{IMAGE_PREFIX + cam}' (it has {meta.video_keys})")
-        for key in (STATE_KEY, ACTION_KEY):
+        info = self.root / "meta" / "info.json"
+        self.sources = {cam: self._source_camera(cam, camera_map or {}) for cam in cameras}  # policy -> dataset
+        for key, dim, policy_key in ((STATE_KEY, state_dim, "policy.head.state_dim"),
+                                     (ACTION_KEY, action_dim, "policy.head.action_dim")):
             if key not in meta.features:
-                raise KeyError(f"the dataset at {self.root} has no '{key}' feature")
+                raise KeyError(f"the dataset at {self.root} has no '{key}' feature ({info})")
+            shape = tuple(meta.features[key]["shape"])
+            if dim is not None and shape != (dim,):
+                raise ValueError(f"{policy_key}={dim}, but '{key}' has shape {list(shape)} in {info}; choose the env "
+                                 f"the dataset was recorded in (env=...) or set {policy_key}")
         # Frames are cached at the policy's size, or at the recorded size when the policy wants more pixels:
         # upsampling in the cache would only cost disk (the policy resizes its input itself).
-        recorded = min(meta.features[IMAGE_PREFIX + c]["shape"][0] for c in cameras)
+        recorded = min(meta.features[IMAGE_PREFIX + c]["shape"][0] for c in self.sources.values())
         self.cameras, self.image_size, self.chunk = tuple(cameras), min(image_size, recorded), chunk
 
         table = self.lerobot.hf_dataset.with_format("numpy")
@@ -63,11 +72,25 @@ class ChunkDataset(torch.utils.data.Dataset):
         tasks = meta.tasks.index.tolist()  # task_index -> instruction
         self.task = [tasks[i] for i in np.asarray(table["task_index"]).reshape(-1)]
         self.window, self.window_pad = self._action_windows()  # (F, H) frame indices, (F, H) padded flags
-        self.images = {cam: self._frame_cache(cam, Path(cache_dir) if cache_dir else self.root / ".cache" / "vla")
-                       for cam in self.cameras}
+        self.images = {cam: self._frame_cache(self.sources[cam],
+                                              Path(cache_dir) if cache_dir else self.root / ".cache" / "vla")
+                       for cam in self.cameras}  # policy camera -> frames
 
     def __len__(self) -> int:
         return len(self.state)
+
+    def _source_camera(self, cam: str, camera_map: dict[str, str]) -> str:
+        """The dataset camera that feeds policy camera `cam`: its own name, or one that `camera_map` maps to it."""
+        video_keys = self.lerobot.meta.video_keys
+        names = [cam, *(name for name, target in camera_map.items() if target == cam and name != cam)]
+        found = [name for name in names if IMAGE_PREFIX + name in video_keys]
+        if len(found) == 1:
+            return found[0]
+        problem = (f"has several of {[IMAGE_PREFIX + n for n in found]}: map only one" if found else
+                   f"has none of the video features {[IMAGE_PREFIX + n for n in names]}")
+        raise KeyError(f"policy camera '{cam}': the dataset at {self.root} {problem} (it has {video_keys}, "
+                       f"{self.root / 'meta' / 'info.json'}); env.dataset_cameras maps a dataset's camera names to "
+                       "the env's")
 
     def _action_windows(self) -> tuple[np.ndarray, np.ndarray]:
         episodes = self.lerobot.meta.episodes
@@ -77,7 +100,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         return np.clip(wanted, start[:, None], end[:, None] - 1), wanted >= end[:, None]
 
     def _frame_cache(self, cam: str, cache_dir: Path) -> np.ndarray:
-        """(F, 3, S, S) uint8 frames of one camera, decoded episode by episode into a resumable memmap."""
+        """(F, 3, S, S) uint8 frames of one dataset camera, decoded episode by episode into a resumable memmap."""
         key, S = IMAGE_PREFIX + cam, self.image_size
         cache_dir.mkdir(parents=True, exist_ok=True)
         stem = cache_dir / f"{cam}_{S}px_{len(self)}frames"

@@ -78,7 +78,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 class Trainer:
     def __init__(self, policy_cfg: dict, dataset_root: str, run_dir: str, settings: TrainSettings,
-                 cache_dir: str | None = None, evaluate_fn: Callable[[Path, Path], float] | None = None) -> None:
+                 cache_dir: str | None = None, evaluate_fn: Callable[[Path, Path], float] | None = None,
+                 dataset_cameras: dict[str, str] | None = None) -> None:
+        """`dataset_cameras`: the dataset's camera names -> the policy's, where they differ (`ChunkDataset`)."""
         self.settings, self.run_dir, self.evaluate_fn = settings, Path(run_dir), evaluate_fn
         self.accelerator = Accelerator(
             mixed_precision="bf16" if settings.bf16 and torch.cuda.is_available() else "no",
@@ -94,7 +96,8 @@ class Trainer:
             model_path(cfg.backbone.model_dir)
         with self.accelerator.main_process_first():  # the first process decodes the frame cache, the rest reuse it
             self.dataset = ChunkDataset(dataset_root, cfg.head.chunk, tuple(cfg.backbone.cameras),
-                                        cfg.backbone.image_size, cache_dir)
+                                        cfg.backbone.image_size, cache_dir, camera_map=dataset_cameras,
+                                        state_dim=cfg.head.state_dim, action_dim=cfg.head.action_dim)
         stats = (Normalizer.load(self.resume_from / "pretrained").to_dict() if self.resume_from
                  else self.dataset.normalization_stats(cfg.relative_actions))
         policy = VLAPolicy(cfg, Normalizer(stats))
