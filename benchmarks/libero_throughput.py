@@ -8,6 +8,7 @@ Measures env steps/s (median of `--repeats` timed blocks of `--steps` no-op step
 Writes benchmarks/results/libero_throughput.{json,md}.
 
     python benchmarks/libero_throughput.py [--suites libero_spatial libero_object] [--image-size 128]
+        [--note "what else the machine was running"]
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--note", default="", help="conditions of the run for the report, e.g. other jobs running")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     rows = []
     for suite in args.suites:
         row = {"suite": suite,
@@ -80,13 +83,16 @@ def main() -> None:
         print(row, flush=True)
     result = {"image_size": args.image_size, "cameras": list(CAMERAS), "steps": args.steps, "repeats": args.repeats,
               "mujoco_gl": os.environ["MUJOCO_GL"], "machine": machine_info(), "packages": package_versions(),
+              "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]}, "note": args.note,
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "libero_throughput.json").write_text(json.dumps(result, indent=2))
     m = result["machine"]
     lines = [f"# LIBERO env throughput ({args.image_size} px, cameras {', '.join(CAMERAS)}, "
              f"MUJOCO_GL={result['mujoco_gl']})", "",
-             f"Machine: {m['platform']}, {m['cpu_count']} CPUs; median of {args.repeats} blocks of {args.steps} steps.",
+             f"Machine: {m['platform']}, {m['cpu_count']} CPUs; 1-min load average {load_before:.1f} before, "
+             f"{result['load_average_1m']['after']:.1f} after the run{f' ({args.note})' if args.note else ''}. "
+             f"Median of {args.repeats} blocks of {args.steps} steps.",
              "", "| suite | no rendering (steps/s) | adapter rendering | LIBERO default rendering (anchor) | ratio |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['suite']} | {r['no_render']:.1f} | {r['render']:.1f} | {r['libero_default_render']:.1f} "
