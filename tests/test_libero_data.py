@@ -33,12 +33,13 @@ PUBLIC_FEATURES = {  # the public LIBERO datasets in LeRobot format, at 32 px
 COLOURS = {"image": (220, 40, 40), "wrist_image": (40, 40, 220)}  # tells the cameras apart after decoding
 
 
-@pytest.fixture(scope="module")
-def public_root(tmp_path_factory) -> Path:
-    """2 episodes (12 and 9 frames) written with lerobot's own writer and default encoder, fps 10."""
-    root = tmp_path_factory.mktemp("libero_public") / "libero_spatial_no_noops"
-    dataset = LeRobotDataset.create("local/libero_spatial_no_noops", 10, PUBLIC_FEATURES, root=root,
-                                    robot_type="panda", video_backend="pyav")
+def write_public_dataset(root: Path, image_dtype: str = "video") -> Path:
+    """2 episodes (12 and 9 frames) written with lerobot's own writer and default encoder, fps 10; `image_dtype`
+    "image" stores the frames inside the parquet files, as physical-intelligence/libero does."""
+    features = {key: {**ft, "dtype": image_dtype} if key.startswith("observation.images.") else ft
+                for key, ft in PUBLIC_FEATURES.items()}
+    dataset = LeRobotDataset.create(f"local/{root.name}", 10, features, root=root, robot_type="panda",
+                                    video_backend="pyav")
     rng = np.random.default_rng(0)
     for episode, length in enumerate((12, 9)):
         for i in range(length):
@@ -52,6 +53,11 @@ def public_root(tmp_path_factory) -> Path:
         dataset.save_episode(parallel_encoding=False)
     dataset.finalize()
     return root
+
+
+@pytest.fixture(scope="module")
+def public_root(tmp_path_factory) -> Path:
+    return write_public_dataset(tmp_path_factory.mktemp("libero_public") / "libero_spatial_no_noops")
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +127,21 @@ def test_record_cli_libero_errors(args, named, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def test_public_schema_maps_onto_the_env(public_chunks, public_root):
-    reference = LeRobotDataset(f"local/{public_root.name}", root=public_root)
-    assert public_chunks.sources == {"agentview": "image", "wrist": "wrist_image"}
-    batch = public_chunks.__getitems__([0, 11, 12, 20])
+@pytest.mark.parametrize("image_dtype", ["video", "image"])
+def test_public_schema_maps_onto_the_env(image_dtype, public_chunks, public_root, tmp_path):
+    if image_dtype == "video":
+        root, chunks = public_root, public_chunks
+    else:
+        root = write_public_dataset(tmp_path / "libero_spatial_images", "image")
+        chunks = ChunkDataset(root, CHUNK, LIBERO_CAMERAS, SIZE, camera_map=CAMERA_MAP, state_dim=STATE_DIM,
+                              action_dim=ACTION_DIM)
+    reference = LeRobotDataset(f"local/{root.name}", root=root)
+    assert bool(reference.meta.video_keys) == (image_dtype == "video")
+    assert chunks.sources == {"agentview": "image", "wrist": "wrist_image"}
+    batch = chunks.__getitems__([0, 11, 12, 20])
     assert set(batch) == {"observation.images.agentview", "observation.images.wrist", "observation.state", "action",
                           "action_is_pad", "task"}
-    for cam, source in public_chunks.sources.items():
+    for cam, source in chunks.sources.items():
         images = batch[f"observation.images.{cam}"]
         assert images.shape == (4, 3, SIZE, SIZE)
         expected = np.array(COLOURS[source])[None, :, None, None] + np.array([0, 11, 0, 8])[:, None, None, None]
@@ -140,7 +154,7 @@ def test_public_schema_maps_onto_the_env(public_chunks, public_root):
     state, action = np.stack(table["observation.state"]), np.stack(table["action"])
     windows = np.concatenate([action[[min(i + k, end - 1) for k in range(CHUNK)]]
                               for start, end in ((0, 12), (12, 21)) for i in range(start, end)])  # (F * H, 7)
-    stats = public_chunks.normalization_stats(relative_actions=False)
+    stats = chunks.normalization_stats(relative_actions=False)
     np.testing.assert_allclose(stats["observation.state"]["mean"], state.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["observation.state"]["std"], state.std(0), atol=1e-5)
     np.testing.assert_allclose(stats["action"]["mean"], windows.mean(0), atol=1e-5)  # absolute, 7 dims
@@ -154,7 +168,7 @@ def test_layout_mismatches_name_the_key_and_the_file(public_root):
     assert info in str(err.value)
     with pytest.raises(ValueError, match="policy.head.state_dim=9"):
         ChunkDataset(public_root, CHUNK, LIBERO_CAMERAS, SIZE, camera_map=CAMERA_MAP, state_dim=9)
-    with pytest.raises(KeyError, match="policy camera 'agentview'.*none of the video features") as err:
+    with pytest.raises(KeyError, match="policy camera 'agentview'.*none of the camera features") as err:
         ChunkDataset(public_root, CHUNK, LIBERO_CAMERAS, SIZE)  # no camera map
     assert info in str(err.value) and "env.dataset_cameras" in str(err.value)
     with pytest.raises(KeyError, match="policy camera 'wrist'.*several"):

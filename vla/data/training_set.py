@@ -3,9 +3,10 @@
 The chunk window follows lerobot's `delta_timestamps` semantics for `action` = [0, 1/fps, ..., (H-1)/fps]: indices
 past the episode's end repeat its last action and are flagged in `action_is_pad` (the target becomes "hold").
 
-Video frames are decoded once through lerobot's decoder, resized to the policy's image size and cached as uint8
-arrays beside the dataset (`<root>/.cache/vla/`), episode by episode, so an interrupted first run resumes and every
-later epoch reads memory instead of decoding mp4s on 2 CPU cores.
+Video frames (or image features: frames stored inside the parquet files) are decoded once through lerobot's decoder,
+resized to the policy's image size and cached as uint8 arrays beside the dataset (`<root>/.cache/vla/`), episode by
+episode, so an interrupted first run resumes and every later epoch reads memory instead of decoding mp4s on 2 CPU
+cores.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ class ChunkDataset(torch.utils.data.Dataset):
 
     def _source_camera(self, cam: str, camera_map: dict[str, str]) -> str:
         """The dataset camera that feeds policy camera `cam`: its own name, or one that `camera_map` maps to it."""
-        video_keys = self.lerobot.meta.video_keys
+        camera_keys = self.lerobot.meta.camera_keys  # video and image features
         names = [cam, *(name for name, target in camera_map.items() if target == cam and name != cam)]
-        found = [name for name in names if IMAGE_PREFIX + name in video_keys]
+        found = [name for name in names if IMAGE_PREFIX + name in camera_keys]
         if len(found) == 1:
             return found[0]
         problem = (f"has several of {[IMAGE_PREFIX + n for n in found]}: map only one" if found else
-                   f"has none of the video features {[IMAGE_PREFIX + n for n in names]}")
-        raise KeyError(f"policy camera '{cam}': the dataset at {self.root} {problem} (it has {video_keys}, "
+                   f"has none of the camera features {[IMAGE_PREFIX + n for n in names]}")
+        raise KeyError(f"policy camera '{cam}': the dataset at {self.root} {problem} (it has {camera_keys}, "
                        f"{self.root / 'meta' / 'info.json'}); env.dataset_cameras maps a dataset's camera names to "
                        "the env's")
 
@@ -116,11 +117,15 @@ class ChunkDataset(torch.utils.data.Dataset):
         todo = [e for e in range(len(episodes)) if e not in done]
         for ep in tqdm(todo, desc=f"decode {cam} frames", unit="ep", disable=not todo):
             lo, hi = episodes["dataset_from_index"][ep], episodes["dataset_to_index"][ep]
-            offset = episodes[f"videos/{key}/from_timestamp"][ep]
-            video = self.root / self.lerobot.meta.get_video_file_path(ep, key)
-            decoded = decode_video_frames(video, (self.timestamp[lo:hi] + offset).tolist(),
-                                          self.lerobot.tolerance_s, get_safe_default_video_backend(), return_uint8=True)
-            frames[lo:hi] = resize_images(decoded.permute(0, 2, 3, 1), S).numpy()  # (n, 3, S, S)
+            if key in self.lerobot.meta.video_keys:
+                offset = episodes[f"videos/{key}/from_timestamp"][ep]
+                video = self.root / self.lerobot.meta.get_video_file_path(ep, key)
+                decoded = decode_video_frames(video, (self.timestamp[lo:hi] + offset).tolist(),
+                                              self.lerobot.tolerance_s, get_safe_default_video_backend(),
+                                              return_uint8=True).permute(0, 2, 3, 1)
+            else:  # an image feature: encoded frames inside the parquet files (physical-intelligence/libero does this)
+                decoded = torch.from_numpy(np.stack(self.lerobot.hf_dataset.with_format("numpy")[lo:hi][key]))
+            frames[lo:hi] = resize_images(decoded, S).numpy()  # (n, H, W, 3) -> (n, 3, S, S)
             done.add(ep)
             if len(done) % 25 == 0 or ep == todo[-1]:
                 frames.flush()
