@@ -197,3 +197,23 @@ def test_train_cli_on_a_public_schema_dataset(public_root, public_chunks, tmp_pa
     policy.reset(0)
     actions, n_execute = policy.predict_chunk(obs)
     assert actions.shape == (CHUNK, ACTION_DIM) and np.isfinite(actions).all() and 1 <= n_execute <= CHUNK
+
+
+def test_train_cli_names_a_layout_mismatch(public_root, tmp_path):
+    """The tabletop's layout (the default env) on a LIBERO dataset: one line naming the camera and the file."""
+    result = vla_train(f"dataset.root={public_root}", f"out={tmp_path / 'run'}", "steps=2", *TINY_POLICY)
+    assert result.returncode == 2
+    assert "policy camera 'front'" in result.stderr and str(public_root / "meta" / "info.json") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_train_cli_evaluates_periodically_on_the_libero_suite(public_root, tmp_path):
+    out = tmp_path / "run"
+    result = vla_train(f"dataset.root={public_root}", f"env={SUITE}", f"out={out}", "steps=2", "batch_size=4",
+                       "save_every=2", "eval_every=2", "eval_episodes=1", "env.max_steps=3", "env.num_wait_steps=1",
+                       f"env.image_size={SIZE}", *TINY_POLICY, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "evals" / "step_000002" / "report.json").read_text())
+    assert report["env"] == SUITE and set(report["tasks"]) == set(suite_tasks(SUITE))
+    assert all(task["episodes"] == 1 for task in report["tasks"].values())
