@@ -117,6 +117,7 @@ def test_record_cli_writes_a_libero_episode(tmp_path):
     (["env=libero_goal"], "covers libero_spatial, libero_object"),
     (["instruction=held_out"], "one instruction each"),
     (["source=keyboard"], "source=expert"),
+    (["seed=5000"], "seeds 0..3000"),
     (["task=pick_up_the_black_bowl_on_the_stov_and_place_it_on_the_plate"], "Did you mean"),
 ])
 def test_record_cli_libero_errors(args, named, tmp_path):
