@@ -25,10 +25,6 @@ def main(cfg: configs.RecordConfig) -> None:
             if cfg.instruction != configs.RecordConfig.instruction:
                 raise ValueError("instruction: LIBERO tasks have one instruction each; leave instruction at "
                                  f"'{configs.RecordConfig.instruction}'")
-            from vla.data.record import MAX_LIBERO_SESSION_SEED
-
-            if not 0 <= cfg.seed <= MAX_LIBERO_SESSION_SEED:
-                raise ValueError(f"seed: LIBERO sessions take seeds 0..{MAX_LIBERO_SESSION_SEED}, got {cfg.seed}")
             env_kwargs = configs.env_kwargs(cfg.env)
         else:
             env_kwargs = configs.env_kwargs(cfg.env, instruction_mode=cfg.instruction)

@@ -25,7 +25,6 @@ from vla.sim.tasks import TASKS, Task
 
 RECORD_SEED_OFFSET = 1_000_000_000  # keeps demo seeds far from the evaluation seeds (0..49)
 _ATTEMPTS_PER_TASK = 10_000
-MAX_LIBERO_SESSION_SEED = 3000  # LIBERO seeds numpy's global RNG, which wants seeds below 2**32
 
 
 def episode_seed(session_seed: int, task: Task, attempt: int, task_names: tuple[str, ...] = tuple(TASKS)) -> int:
@@ -50,6 +49,7 @@ class ExpertSession:
     task_names: tuple[str, ...]  # the suite's task order, for `episode_seed`
     writer_layout: dict[str, Any]  # `EpisodeWriter` keywords: fps, camera_names, image_size, dims, names, robot_type
     reset_options: dict[str, Any] = field(default_factory=dict)  # besides the task
+    max_seed: int | None = None  # the largest episode seed the env takes
 
 
 def tabletop_session(tasks: list[Task], env_kwargs: dict) -> ExpertSession:
@@ -71,7 +71,7 @@ def libero_session(tasks: list, env_kwargs: dict) -> ExpertSession:
         "fps": libero_env.CONTROL_HZ, "camera_names": list(env.cameras), "image_size": env.image_size,
         "state_dim": libero_env.STATE_DIM, "action_dim": libero_env.ACTION_DIM,
         "state_names": libero_env.STATE_NAMES, "action_names": libero_env.ACTION_NAMES, "robot_type": "panda"},
-        reset_options={"sample_init": True})
+        reset_options={"sample_init": True}, max_seed=2**32 - 1)  # LIBERO seeds numpy's global RNG
 
 
 def run_expert_episode(session: ExpertSession, writer: EpisodeWriter, task_name: str, seed: int) -> bool:
@@ -101,14 +101,19 @@ def record_expert(tasks: list, episodes: int, root: Path, env_kwargs: dict, *, s
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     session = (libero_session if "suite" in env_kwargs else tabletop_session)(tasks, env_kwargs)
+    task_seeds = {task.name: [episode_seed(session_seed, task, a, session.task_names)
+                              for a in range(episodes * max_attempts_factor)] for task in tasks}
     recorded, attempts = {}, {}
     try:
+        largest = max(seed for seeds in task_seeds.values() for seed in seeds)
+        if session.max_seed is not None and largest > session.max_seed:
+            raise ValueError(f"seed: session seed {session_seed} gives episode seeds up to {largest}, beyond this "
+                             f"env's {session.max_seed}; choose a smaller seed")
         with EpisodeWriter(root=root, resume=resume, **session.writer_layout) as writer:
             existing = writer.recorded_episodes()  # seed -> success
             progress = tqdm(total=episodes * len(tasks), desc="record expert", unit="ep")
             for task in tasks:
-                seeds = [episode_seed(session_seed, task, a, session.task_names)
-                         for a in range(episodes * max_attempts_factor)]
+                seeds = task_seeds[task.name]
                 kept = sum(1 for s in seeds if s in existing and (existing[s] or keep_failed))
                 progress.update(min(kept, episodes))
                 recorded[task.name] = attempts[task.name] = 0
