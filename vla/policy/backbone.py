@@ -96,11 +96,11 @@ class TextTokens(nn.Module):
     def forward(self, instructions: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
         if not self.frozen:
             return self._encode(instructions, device)
-        missing = sorted({s for s in instructions if s not in self._cache})
-        if missing:
-            states, mask = self._encode(missing, device)
-            for i, text in enumerate(missing):
-                self._cache[text] = (states[i], mask[i])
+        # One string at a time: a matmul's last bits depend on the batch it runs in, and the cached states must not
+        # depend on which instructions happened to share a first batch (a resumed run would drift from a straight one).
+        for text in sorted({s for s in instructions if s not in self._cache}):
+            states, mask = self._encode([text], device)
+            self._cache[text] = (states[0], mask[0])
         states = torch.stack([self._cache[s][0] for s in instructions]).to(device)
         mask = torch.stack([self._cache[s][1] for s in instructions]).to(device)
         return states, mask
