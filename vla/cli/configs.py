@@ -43,6 +43,7 @@ class EvalConfig:
     tasks: Any = "all"  # all | a family | a task name | a list or comma-separated names
     episodes: int = 50  # per task, from the stored initial states
     num_envs: int = 2  # parallel environment processes
+    policy_threads: int = 1  # torch intra-op threads of a checkpoint policy (in the main process)
     instruction: str = "canonical"  # canonical | train | held_out
     videos_per_task: int = 1
     seed: int = 0

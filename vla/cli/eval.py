@@ -20,7 +20,7 @@ configs.register()
 def main(cfg: configs.EvalConfig) -> None:
     with user_errors():
         common = {"episodes": cfg.episodes, "num_envs": cfg.num_envs, "seed": cfg.seed,
-                  "videos_per_task": cfg.videos_per_task}
+                  "videos_per_task": cfg.videos_per_task, "policy_threads": cfg.policy_threads}
         if configs.is_libero(cfg.env):
             if cfg.instruction != "canonical" or cfg.perturbation.kind != "none":
                 raise ValueError("instruction and perturbation: LIBERO tasks have one instruction and no "

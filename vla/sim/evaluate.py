@@ -86,6 +86,7 @@ class EvalSettings:
     videos_per_task: int = 1
     env_kwargs: dict = field(default_factory=dict)
     suite: EvalSuite | None = None  # None: the tabletop suite
+    policy_threads: int = 1  # torch intra-op threads for a learned policy, which runs in this process
 
     def __post_init__(self):
         if self.suite is None:
@@ -95,6 +96,8 @@ class EvalSettings:
                              f"per task), got {self.episodes}")
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {self.num_envs}")
+        if self.policy_threads < 1:
+            raise ValueError(f"policy_threads must be at least 1, got {self.policy_threads}")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
 
@@ -119,6 +122,15 @@ def _make_vector_env(settings: EvalSettings, num_envs: int) -> gym.vector.Vector
         return gym.vector.SyncVectorEnv([make], **kwargs)
     # No shared memory: it stores the `task` text as fixed-size blanks; pickled observations keep it.
     return gym.vector.AsyncVectorEnv([make] * num_envs, context="spawn", shared_memory=False, **kwargs)
+
+
+def _set_torch_threads(threads: int) -> int:
+    """Set torch's intra-op threads; returns the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
 
 
 def _slot_obs(obs: dict, info: dict, i: int) -> dict:
@@ -148,6 +160,9 @@ def evaluate(make_policy: Callable[[], ChunkPolicy], settings: EvalSettings, out
     envs = _make_vector_env(settings, num_envs)
     slots = [_Slot(policy=make_policy()) for _ in range(num_envs)]
     privileged = bool(getattr(slots[0].policy, "privileged", False))
+    # The env processes need the other cores: extra intra-op threads here mostly spin waiting for them (chunks 10x
+    # slower on 2 busy cores). Restored afterwards: a training process evaluates too.
+    threads_before = None if privileged else _set_torch_threads(settings.policy_threads)
     episodes_file = (out_dir / "episodes.jsonl").open("w")
     episodes: list[dict] = []
     latencies: list[float] = []
@@ -224,6 +239,8 @@ def evaluate(make_policy: Callable[[], ChunkPolicy], settings: EvalSettings, out
     finally:
         episodes_file.close()
         envs.close()
+        if threads_before is not None:
+            _set_torch_threads(threads_before)
 
     report = {
         "policy": policy_name,
@@ -239,6 +256,7 @@ def evaluate(make_policy: Callable[[], ChunkPolicy], settings: EvalSettings, out
             "max_steps": {t.name: settings.env_kwargs.get("max_steps") or t.max_steps for t in settings.tasks},
             "replan_interval": replan_interval(slots[0].policy),
             "num_envs": num_envs,
+            "policy_threads": None if privileged else settings.policy_threads,
             "parallelism": "one process per env (gymnasium AsyncVectorEnv)" if num_envs > 1 else "one process",
         },
         "wall_time_s": time.perf_counter() - start,
