@@ -28,7 +28,8 @@ OMP_NUM_THREADS=1 $BIN/vla-train dataset.root=data/tabletop policy=tiny out=$RUN
 
 CKPT="$RUN/checkpoints/$(cat $RUN/checkpoints/last)/pretrained"
 rm -rf checkpoints/tabletop && mkdir -p checkpoints && cp -r "$CKPT" checkpoints/tabletop
-for mode in canonical held_out; do
-  $BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes=50 instruction=$mode \
-    out=reports/tabletop_policy/$mode
-done
+# The fixed initial states with the canonical instructions (50 per task), then the held-out paraphrases.
+$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes=50 out=reports/tabletop_policy/canonical
+$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes="${HELD_OUT_EPISODES:-20}" \
+  instruction=held_out out=reports/tabletop_policy/held_out
+cp reports/tabletop_policy/canonical/{report.json,report.md,success.png} checkpoints/tabletop/
