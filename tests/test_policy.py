@@ -72,6 +72,16 @@ def make_obs(seed: int = 0, size: int = 64) -> dict:
             "observation.state": rng.normal(0, 0.5, S).astype(np.float32), "task": TASKS[0]}
 
 
+def perturbed(policy: VLAPolicy) -> VLAPolicy:
+    """`policy` with every trainable weight moved by N(0, 0.2^2) noise (seeded), in eval mode."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return policy.eval()
+
+
 @pytest.fixture(scope="module")
 def fresh_policy() -> VLAPolicy:
     """A freshly initialized tiny policy (the head's adaLN-Zero gates are shut); copy it before training it."""
@@ -83,13 +93,7 @@ def fresh_policy() -> VLAPolicy:
 def policy(fresh_policy) -> VLAPolicy:
     """A policy whose every trainable weight is perturbed: its outputs depend on all of them (a fresh head predicts
     zero whatever its other weights are, which would hide a checkpoint that drops weights)."""
-    perturbed = copy.deepcopy(fresh_policy)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in perturbed.parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return perturbed.eval()
+    return perturbed(copy.deepcopy(fresh_policy))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_policy import STATS, make_obs, tiny_config
+from test_policy import STATS, make_obs, perturbed, tiny_config
 from torch import nn
 
 from vla.cli import configs
@@ -37,13 +37,7 @@ INT8_TYPES = {"w8a8": torch.int8, "w8": torch.int8, "int8": torch.int8, "nf4": t
 def policy() -> VLAPolicy:
     """Width 64 (bitsandbytes' nf4 needs whole 64-blocks per row), every weight perturbed so all of them matter."""
     torch.manual_seed(0)
-    p = VLAPolicy(tiny_config(backbone={"width": 64}, head={"width": 64}), Normalizer(STATS))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in p.parameters():
-            if param.requires_grad:
-                param.add_(0.2 * torch.randn(param.shape, generator=g))
-    return p.eval()
+    return perturbed(VLAPolicy(tiny_config(backbone={"width": 64}, head={"width": 64}), Normalizer(STATS)))
 
 
 @pytest.fixture(scope="module")
