@@ -337,7 +337,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         f"after {meta['warmup']} warmup call(s) and the builder's check call: up to {meta['calls']} timed calls per "
         f"row, fewer where {meta['max_seconds']:.0f} s of timed calls ran out (at least {MIN_CALLS}). "
         "Ratios: p50 over SmolVLA's p50 (the anchor) and over the embedded vla policy's, at the same thread count. "
-        "Random weights throughout.", "",
+        "The LeRobot policies have random weights (latency does not depend on their values); see each row's notes.", "",
         *rows, "",
         *[f"- **{entry['label']}**: {entry['notes']}." for entry in results.values()],
         "- The LeRobot calls start from tensors already normalized and tokenized by their processor pipelines; the "
