@@ -28,8 +28,10 @@ OMP_NUM_THREADS=1 $BIN/vla-train dataset.root=data/tabletop policy=tiny out=$RUN
 
 CKPT="$RUN/checkpoints/$(cat $RUN/checkpoints/last)/pretrained"
 rm -rf checkpoints/tabletop && mkdir -p checkpoints && cp -r "$CKPT" checkpoints/tabletop
-# The fixed initial states with the canonical instructions (50 per task), then the held-out paraphrases.
-$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes=50 out=reports/tabletop_policy/canonical
-$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes="${HELD_OUT_EPISODES:-20}" \
+# The fixed initial states (EPISODES per task, all 50 by default) with the canonical instructions, then with the
+# held-out paraphrases (HELD_OUT_EPISODES per task).
+$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes="${EPISODES:-50}" \
+  out=reports/tabletop_policy/canonical
+$BIN/vla-eval policy=checkpoints/tabletop env=tabletop tasks=all episodes="${HELD_OUT_EPISODES:-50}" \
   instruction=held_out out=reports/tabletop_policy/held_out
 cp reports/tabletop_policy/canonical/{report.json,report.md,success.png} checkpoints/tabletop/
