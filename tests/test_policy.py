@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vla.cli.policies import policy_factory
+from vla.policy.backbone import build_backbone, spatial_softmax
 from vla.policy.config import VLAPolicyConfig
 from vla.policy.normalize import STATS_FILE, Normalizer
 from vla.policy.policy import (
@@ -108,8 +109,13 @@ def broken_copy(checkpoint, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def test_loss_is_finite_and_every_trainable_parameter_gets_a_gradient(fresh_policy):
-    policy = copy.deepcopy(fresh_policy).train()
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_loss_is_finite_and_every_trainable_parameter_gets_a_gradient(fresh_policy, stem):
+    if stem == "patch":
+        policy = copy.deepcopy(fresh_policy).train()
+    else:
+        torch.manual_seed(0)
+        policy = VLAPolicy(tiny_config(backbone={"stem": "conv", "keypoints": 4}), Normalizer(STATS)).train()
     named = dict(policy.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}
     frozen_text = {n for n in named if n.startswith(FROZEN_TEXT_PREFIX)}
@@ -152,6 +158,26 @@ def test_loss_falls_when_overfitting_a_tiny_batch(fresh_policy):
         optimizer.step()
     after = held_out_loss()
     assert after < before / 4, (before, after)  # about 9.6 -> 1.5
+
+
+def test_conv_stem_adds_one_keypoint_token_per_camera():
+    cfg = tiny_config(backbone={"stem": "conv", "keypoints": 4}).backbone
+    backbone = build_backbone(cfg)
+    images = {c: torch.rand(2, 3, 32, 32) for c in cfg.cameras}
+    tokens, mask = backbone(images, TASKS[:2])
+    patches = (cfg.image_size // cfg.patch) ** 2
+    assert tokens.shape == (2, cfg.max_text_tokens + len(cfg.cameras) * (patches + 1), cfg.width)
+    assert mask.shape == tokens.shape[:2] and mask[:, cfg.max_text_tokens:].all()
+
+
+def test_spatial_softmax_finds_a_peak():
+    maps = torch.zeros(1, 2, 5, 9)
+    maps[0, 0, 0, 8] = 50.0  # top right
+    maps[0, 1, 2, 4] = 50.0  # centre
+    points = spatial_softmax(maps)
+    assert torch.allclose(points[0, 0], torch.tensor([1.0, -1.0]), atol=1e-4)
+    assert torch.allclose(points[0, 1], torch.tensor([0.0, 0.0]), atol=1e-4)
+    assert torch.allclose(spatial_softmax(torch.zeros(1, 1, 4, 4)), torch.zeros(1, 1, 2), atol=1e-6)  # flat: centre
 
 
 # ------------------------------------------------------------------------------------------------ inference
@@ -307,6 +333,9 @@ def test_unknown_config_key_is_named(checkpoint, tmp_path):
     ({"head": {"fusion": "single"}}, r"execution\.adaptive needs at least two horizons"),
     ({"execution": {"max_execute": 9}}, r"max_execute=9 exceeds the chunk"),
     ({"sampler": {"kind": "dpm"}}, r"sampler: sampler\.kind must be one of"),
+    ({"backbone": {"stem": "resnet"}}, r"backbone\.stem must be 'patch' or 'conv', got 'resnet'"),
+    ({"backbone": {"keypoints": 8}}, r"backbone\.keypoints must be >= 0 and needs backbone\.stem=conv"),
+    ({"backbone": {"stem": "conv", "patch": 6, "image_size": 36}}, r"needs backbone\.patch to be a power of two"),
     ({"relative": True}, r"unknown key\(s\) \['relative'\]"),
 ])
 def test_config_from_dict_rejects_bad_values(sections, message):

@@ -24,6 +24,8 @@ class TinyVLMConfig:
     cameras: tuple[str, ...] = ("front", "wrist")
     image_size: int = 96  # images are resized to this square before patching
     patch: int = 16  # (image_size / patch)^2 tokens per camera
+    stem: str = "patch"  # patch: one linear projection per patch | conv: a strided conv stem (see ConvStem)
+    keypoints: int = 0  # conv stem only: spatial-softmax keypoints per camera, handed over as one extra token
     width: int = 128  # D, the token dim handed to the action head
     vit_depth: int = 4
     fusion_depth: int = 2
@@ -44,6 +46,13 @@ class TinyVLMConfig:
             raise ValueError(f"backbone.image_size={self.image_size} must be a multiple of backbone.patch={self.patch}")
         if self.width % self.heads:
             raise ValueError(f"backbone.width={self.width} must be divisible by backbone.heads={self.heads}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"backbone.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and (self.patch < 2 or self.patch & (self.patch - 1)):
+            raise ValueError(f"backbone.stem=conv needs backbone.patch to be a power of two >= 2, got {self.patch}")
+        if self.keypoints < 0 or (self.keypoints and self.stem != "conv"):
+            raise ValueError(f"backbone.keypoints must be >= 0 and needs backbone.stem=conv, got {self.keypoints} "
+                             f"with stem={self.stem!r}")
 
 
 def text_encoder_path(configured: str) -> Path:
@@ -121,6 +130,45 @@ class TextTokens(nn.Module):
         return self
 
 
+def spatial_softmax(maps: Tensor) -> Tensor:
+    """(N, K, h, w) score maps -> (N, K, 2): each map's softmax-weighted mean (x, y), both in [-1, 1]."""
+    h, w = maps.shape[-2:]
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=maps.device, dtype=maps.dtype),
+                            torch.linspace(-1, 1, w, device=maps.device, dtype=maps.dtype), indexing="ij")
+    coords = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # (h*w, 2)
+    return maps.flatten(2).softmax(-1) @ coords
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.GELU())
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convs down to half the token grid's stride, then a 2x2 patch projection to the tokens.
+
+    Early convolutions give the ViT local, translation-equivariant features, which it otherwise learns slowly from
+    little data (Xiao et al., 2021). With `keypoints`, a spatial softmax over the last feature map (as in
+    Diffusion Policy's ResNet readout) gives expected image coordinates, folded into one token per image.
+    """
+
+    def __init__(self, width: int, patch: int, keypoints: int) -> None:
+        super().__init__()
+        channels = [3] + [min(width, 32 * 2**i) for i in range(patch.bit_length() - 2)]
+        self.convs = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels[:-1], channels[1:], strict=True)))
+        self.project = nn.Conv2d(channels[-1], width, kernel_size=2, stride=2)
+        self.keypoint_maps = nn.Conv2d(channels[-1], keypoints, 1) if keypoints else None
+        self.keypoint_proj = nn.Linear(2 * keypoints, width) if keypoints else None
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(N, 3, S, S) in [-1, 1] -> patch tokens (N, P, W) and a keypoint token (N, 1, W) or None."""
+        features = self.convs(pixels)  # (N, C, 2g, 2g)
+        tokens = self.project(features).flatten(2).transpose(1, 2)
+        if self.keypoint_maps is None:
+            return tokens, None
+        points = spatial_softmax(self.keypoint_maps(features))  # (N, K, 2)
+        return tokens, self.keypoint_proj(points.flatten(1))[:, None]
+
+
 class TinyVLM(nn.Module):
     """Per-camera ViT (shared weights, a learned camera embedding) + frozen text tokens, fused by a few layers."""
 
@@ -129,8 +177,11 @@ class TinyVLM(nn.Module):
         self.cfg = cfg
         W = cfg.width
         grid = cfg.image_size // cfg.patch
-        self.patchify = nn.Conv2d(3, W, kernel_size=cfg.patch, stride=cfg.patch)
-        self.patch_pos = nn.Parameter(0.02 * torch.randn(grid * grid, W))  # (P, W)
+        if cfg.stem == "conv":
+            self.stem = ConvStem(W, cfg.patch, cfg.keypoints)
+        else:
+            self.patchify = nn.Conv2d(3, W, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patch_pos = nn.Parameter(0.02 * torch.randn(grid * grid + (1 if cfg.keypoints else 0), W))  # (P, W)
         self.camera_emb = nn.Parameter(0.02 * torch.randn(len(cfg.cameras), W))  # (cams, W)
         self.vit = encoder_stack(W, cfg.heads, cfg.vit_depth)
         self.text = TextTokens(cfg)
@@ -145,7 +196,7 @@ class TinyVLM(nn.Module):
     def forward(self, images: dict[str, Tensor], instructions: list[str]) -> tuple[Tensor, Tensor]:
         """images {camera: (B, 3, S, S) in [0, 1]}, instructions [B] -> tokens (B, N, W), mask (B, N).
 
-        N = T text tokens + cams * P patches.
+        N = T text tokens + cams * P patches (P counts the keypoint token, if any).
         """
         cfg = self.cfg
         missing = [c for c in cfg.cameras if c not in images]
@@ -156,8 +207,7 @@ class TinyVLM(nn.Module):
         if pixels.shape[-1] != cfg.image_size or pixels.shape[-2] != cfg.image_size:
             raise ValueError(f"TinyVLM: images must be {cfg.image_size}x{cfg.image_size}, "
                              f"got {tuple(pixels.shape[-2:])}")
-        x = self.patchify(pixels.flatten(0, 1) * 2 - 1)  # (B*cams, W, g, g)
-        x = x.flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, W)
+        x = self._patch_tokens(pixels.flatten(0, 1) * 2 - 1) + self.patch_pos  # (B*cams, P, W)
         x = self.vit(x).view(B, cams, -1, cfg.width) + self.camera_emb[:, None]  # (B, cams, P, W)
         image_tokens = x.flatten(1, 2)  # (B, cams*P, W)
 
@@ -167,6 +217,12 @@ class TinyVLM(nn.Module):
         if self.fusion is not None:
             tokens = self.fusion(tokens, src_key_padding_mask=~mask)
         return self.out_norm(tokens), mask
+
+    def _patch_tokens(self, pixels: Tensor) -> Tensor:
+        if self.cfg.stem == "patch":
+            return self.patchify(pixels).flatten(2).transpose(1, 2)
+        tokens, keypoint = self.stem(pixels)
+        return tokens if keypoint is None else torch.cat([tokens, keypoint], dim=1)
 
 
 def build_backbone(cfg) -> nn.Module:
