@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from test_evaluate import REPO, run_cli
 
 import vla.data.training_set as training_set
-from vla.data.training_set import ChunkDataset
+from vla.data.training_set import ChunkDataset, ChunkDatasets, open_chunk_datasets
 from vla.policy.normalize import STATS_FILE
 from vla.policy.policy import VLAPolicy, resize_images
 
@@ -191,6 +191,26 @@ def test_normalization_stats_of_relative_actions(chunks, reference):
     np.testing.assert_allclose(plain["action"]["mean"], absolute.mean(0), atol=1e-5)
     np.testing.assert_allclose(plain["action"]["std"], absolute.std(0), atol=1e-5)
     assert np.abs(relative.mean(0)[:-1] - absolute.mean(0)[:-1]).max() > 1e-2  # the two really differ
+
+
+def test_several_datasets_train_as_one(chunks, dataset_root, tmp_path):
+    copy = tmp_path / "second"
+    shutil.copytree(dataset_root, copy, ignore=shutil.ignore_patterns(".cache"))
+    both = open_chunk_datasets([str(dataset_root), str(copy)], tmp_path / "cache", chunk=CHUNK, cameras=CAMERAS,
+                               image_size=SIZE)
+    assert isinstance(both, ChunkDatasets) and len(both) == 2 * len(chunks)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["0_demos", "1_second"]
+    n = len(chunks)
+    picked = [n + 3, 1, n - 1, n, 5]  # across both parts, out of order
+    batch, expected = both.__getitems__(picked), chunks.__getitems__([i % n for i in picked])
+    assert set(batch) == set(expected) and batch["task"] == expected["task"]
+    for key in expected:
+        if key != "task":
+            assert torch.equal(batch[key], expected[key]), key
+    stats, single = both.normalization_stats(True), chunks.normalization_stats(True)  # the same frames twice
+    for key in single:
+        np.testing.assert_allclose(stats[key]["mean"], single[key]["mean"], atol=1e-6)
+        np.testing.assert_allclose(stats[key]["std"], single[key]["std"], atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ vla-train

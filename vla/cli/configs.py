@@ -90,7 +90,7 @@ class BridgeConfig:
 
 @dataclass
 class DatasetConfig:
-    root: str = "data/tabletop"
+    root: Any = "data/tabletop"  # a dataset directory, or a list of them trained on as one
     cache_dir: str = ""  # decoded-frame cache; empty: <root>/.cache/vla
 
 

@@ -47,7 +47,8 @@ def main(cfg: configs.TrainConfig) -> None:
         if unknown:
             raise ValueError(f"env.dataset_cameras: {unknown} map to cameras {cfg.env.name} does not have "
                              f"(env.cameras: {list(cfg.env.cameras)})")
-        trainer = Trainer(OmegaConf.to_container(cfg.policy, resolve=True), cfg.dataset.root, cfg.out, settings,
+        roots = OmegaConf.to_container(cfg.dataset, resolve=True)["root"]  # a directory or a list of them
+        trainer = Trainer(OmegaConf.to_container(cfg.policy, resolve=True), roots, cfg.out, settings,
                           cache_dir=cfg.dataset.cache_dir or None,
                           evaluate_fn=sim_evaluator(cfg) if settings.eval_every else None,
                           dataset_cameras=dict(cfg.env.dataset_cameras))

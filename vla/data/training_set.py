@@ -147,12 +147,69 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
+    def model_actions(self, relative_actions: bool) -> np.ndarray:
+        """Every frame's chunk as the head predicts it (offsets from the state when relative), (F * H, A)."""
+        return to_model_actions(torch.from_numpy(self.action[self.window]), torch.from_numpy(self.state),
+                                relative_actions).reshape(-1, self.action.shape[1]).numpy()
+
     def normalization_stats(self, relative_actions: bool) -> dict[str, dict[str, list[float]]]:
         """Mean/std of the state and of the actions as the head predicts them (offsets when relative)."""
-        model_actions = to_model_actions(torch.from_numpy(self.action[self.window]), torch.from_numpy(self.state),
-                                          relative_actions).reshape(-1, self.action.shape[1]).numpy()
-        return {STATE_KEY: {"mean": self.state.mean(0).tolist(), "std": self.state.std(0).tolist()},
-                ACTION_KEY: {"mean": model_actions.mean(0).tolist(), "std": model_actions.std(0).tolist()}}
+        return mean_std(self.state, self.model_actions(relative_actions))
+
+
+class ChunkDatasets(torch.utils.data.Dataset):
+    """Several recording sessions trained on as one: the parts' frames back to back, one set of stats.
+
+    Saves merging datasets (lerobot's `aggregate_datasets` re-encodes every video) before training on them.
+    """
+
+    def __init__(self, parts: list[ChunkDataset]) -> None:
+        if len({p.state.shape[1] for p in parts}) > 1 or len({p.action.shape[1] for p in parts}) > 1:
+            raise ValueError("dataset.root: the datasets differ in state or action dims: "
+                             f"{[(str(p.root), p.state.shape[1], p.action.shape[1]) for p in parts]}")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # (parts + 1,) first frame of each part
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        idx = np.asarray(indices)
+        part_of = np.searchsorted(self.starts, idx, side="right") - 1  # (B,)
+        pieces = [(np.flatnonzero(part_of == k), self.parts[k].__getitems__((idx[part_of == k] - start).tolist()))
+                  for k, start in enumerate(self.starts[:-1]) if (part_of == k).any()]
+        order = np.argsort(np.concatenate([positions for positions, _ in pieces]))  # back to the requested order
+        batch = {key: torch.cat([piece[key] for _, piece in pieces])[torch.from_numpy(order)]
+                 for key in pieces[0][1] if key != "task"}
+        tasks = [task for _, piece in pieces for task in piece["task"]]
+        batch["task"] = [tasks[i] for i in order]
+        return batch
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def normalization_stats(self, relative_actions: bool) -> dict[str, dict[str, list[float]]]:
+        return mean_std(np.concatenate([p.state for p in self.parts]),
+                        np.concatenate([p.model_actions(relative_actions) for p in self.parts]))
+
+
+def open_chunk_datasets(roots: str | list[str], cache_dir: str | Path | None = None,
+                        **kwargs) -> ChunkDataset | ChunkDatasets:
+    """One dataset directory, or several as one (`ChunkDatasets`); `kwargs` are `ChunkDataset`'s.
+
+    With several roots, an explicit `cache_dir` holds one subdirectory per dataset.
+    """
+    if isinstance(roots, str | Path):
+        return ChunkDataset(roots, cache_dir=cache_dir, **kwargs)
+    if not roots:
+        raise ValueError("dataset.root: an empty list; name one or more dataset directories")
+    return ChunkDatasets([ChunkDataset(root, cache_dir=Path(cache_dir) / f"{i}_{Path(root).name}" if cache_dir
+                                       else None, **kwargs) for i, root in enumerate(roots)])
+
+
+def mean_std(state: np.ndarray, model_actions: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    return {STATE_KEY: {"mean": state.mean(0).tolist(), "std": state.std(0).tolist()},
+            ACTION_KEY: {"mean": model_actions.mean(0).tolist(), "std": model_actions.std(0).tolist()}}
 
 
 def identity_collate(batch: dict) -> dict:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vla.data.training_set import ChunkDataset, identity_collate
+from vla.data.training_set import identity_collate, open_chunk_datasets
 from vla.policy.config import VLAPolicyConfig
 from vla.policy.normalize import Normalizer
 from vla.policy.policy import IMAGE_PREFIX, VLAPolicy
@@ -77,7 +77,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 class Trainer:
-    def __init__(self, policy_cfg: dict, dataset_root: str, run_dir: str, settings: TrainSettings,
+    def __init__(self, policy_cfg: dict, dataset_root: str | list[str], run_dir: str, settings: TrainSettings,
                  cache_dir: str | None = None, evaluate_fn: Callable[[Path, Path], float] | None = None,
                  dataset_cameras: dict[str, str] | None = None) -> None:
         """`dataset_cameras`: the dataset's camera names -> the policy's, where they differ (`ChunkDataset`)."""
@@ -95,9 +95,10 @@ class Trainer:
 
             model_path(cfg.backbone.model_dir)
         with self.accelerator.main_process_first():  # the first process decodes the frame cache, the rest reuse it
-            self.dataset = ChunkDataset(dataset_root, cfg.head.chunk, tuple(cfg.backbone.cameras),
-                                        cfg.backbone.image_size, cache_dir, camera_map=dataset_cameras,
-                                        state_dim=cfg.head.state_dim, action_dim=cfg.head.action_dim)
+            self.dataset = open_chunk_datasets(dataset_root, cache_dir, chunk=cfg.head.chunk,
+                                               cameras=tuple(cfg.backbone.cameras),
+                                               image_size=cfg.backbone.image_size, camera_map=dataset_cameras,
+                                               state_dim=cfg.head.state_dim, action_dim=cfg.head.action_dim)
         stats = (Normalizer.load(self.resume_from / "pretrained").to_dict() if self.resume_from
                  else self.dataset.normalization_stats(cfg.relative_actions))
         policy = VLAPolicy(cfg, Normalizer(stats))
