@@ -140,7 +140,7 @@ class Recorder:
         self.output: list[str] = []
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
 
-    def wait_for(self, text: str, timeout_s: float = 60) -> None:
+    def wait_for(self, text: str, timeout_s: float = 180) -> None:
         """Read the output up to the next line containing `text`."""
         while True:
             try:
@@ -231,7 +231,7 @@ def test_dds_session_recorded_to_a_bag_and_replayed_records_the_same_dataset(tmp
         assert f"published {sum(n for _, n in first_bag.topics.values())} messages" in replay.stdout
         recorder.wait_for("saved episode 1")
         recorder.interrupt(then=f"{tmp_path / 'second'}: 2 episodes in the dataset")
-        assert recorder.process.wait(timeout=60) == 0, "".join(recorder.output)
+        assert recorder.process.wait(timeout=180) == 0, "".join(recorder.output)
 
     assert recorded_states(tmp_path / "first") == recorded_states(tmp_path / "second") == EXPECTED_STATES
     bags = [tmp_path / f"{name}_bag" for name in names]
