@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from vla.data.record import episode_seed
 from vla.policy.policy import VLAPolicy
 from vla.sim.expert import ScriptedExpert
+from vla.sim.report import machine_info
 from vla.sim.tabletop_env import TabletopEnv
 from vla.sim.tasks import get_task
 
@@ -85,15 +85,16 @@ def main() -> None:
             print(rows[-1])
     env.close()
 
+    machine = {**machine_info(), "torch_threads": torch.get_num_threads()}
     result = {"checkpoint": args.checkpoint, "ahead": args.ahead, "every": args.every, "episodes": args.episodes,
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} thread, {platform.processor() or 'cpu'}",
-              "rows": rows}
+              "machine": machine, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_loop_error.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Open-loop pinch-point error: {args.checkpoint}", "",
              f"Action {args.ahead} of the chunk against the expert's command at that step, every {args.every} steps "
-             f"of approach and descent, {args.episodes} episodes per task and seed kind. Machine: {result['machine']}.",
+             f"of approach and descent, {args.episodes} episodes per task and seed kind. Machine: "
+             f"{machine['platform']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch thread.",
              "",
              "| task | seeds | predictions | median (cm) | p90 (cm) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['task']} | {r['seeds']} | {r['predictions']} | {r['median_cm']:.1f} | {r['p90_cm']:.1f} |"
