@@ -193,6 +193,7 @@ def test_train_cli_on_a_public_schema_dataset(public_root, public_chunks, tmp_pa
     assert config["backbone"]["cameras"] == list(LIBERO_CAMERAS)
     assert (config["head"]["state_dim"], config["head"]["action_dim"]) == (STATE_DIM, ACTION_DIM)
     assert config["relative_actions"] is False
+    assert config["env_state_dim"] == 0  # no object positions in a public dataset: no probe
     stats = json.loads((pretrained / STATS_FILE).read_text())
     expected = public_chunks.normalization_stats(relative_actions=False)
     for key in expected:

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vla.cli.policies import policy_factory
 from vla.policy.backbone import build_backbone, spatial_softmax
@@ -158,6 +159,45 @@ def test_loss_falls_when_overfitting_a_tiny_batch(fresh_policy):
         optimizer.step()
     after = held_out_loss()
     assert after < before / 4, (before, after)  # about 9.6 -> 1.5
+
+
+def test_env_state_probe_learns_where_an_object_is_from_the_images():
+    """The probe regresses a bright square's position from the front image through the backbone; a batch without
+    the privileged state is an error that names the key."""
+    torch.manual_seed(0)
+    cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 2})
+    stats = {**STATS, "observation.environment_state": {"mean": [14.0, 14.0], "std": [8.0, 8.0]}}
+    policy = VLAPolicy(cfg, Normalizer(stats)).train()
+    batch = make_batch(batch=4, seed=5)
+    corners = torch.tensor([[2, 3], [24, 5], [6, 22], [20, 19]])  # (row, col) of a 6 px white square per image
+    batch["observation.images.front"] = torch.zeros(4, 3, 32, 32)
+    for image, (row, col) in zip(batch["observation.images.front"], corners.tolist(), strict=True):
+        image[:, row:row + 6, col:col + 6] = 1.0
+    batch["observation.environment_state"] = corners.float() + 3  # the square's centre
+    batch["task"] = [TASKS[0]] * 4  # only the images tell the samples apart
+
+    def probe_error() -> float:
+        with torch.no_grad():
+            tokens, mask = policy.backbone(policy._images(batch), list(batch["task"]))
+            return F.mse_loss(policy.env_state_probe(tokens, mask),
+                              policy.normalizer.normalize("observation.environment_state",
+                                                          batch["observation.environment_state"])).item()
+
+    before = probe_error()
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss, parts = policy(batch)
+        assert set(parts) == {"branches", "fused", "balance", "env_state"}
+        loss.backward()
+        optimizer.step()
+    assert probe_error() < before / 10, (before, probe_error())
+
+    del batch["observation.environment_state"]
+    with pytest.raises(KeyError, match="observation.environment_state"):
+        policy(batch)
+    with pytest.raises(KeyError, match="observation.environment_state"):  # the probe needs its stats
+        VLAPolicy(cfg, Normalizer(STATS))
 
 
 def test_conv_stem_adds_one_keypoint_token_per_camera():

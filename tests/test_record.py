@@ -48,6 +48,8 @@ def test_record_round_trip_replays_in_the_env(tmp_path):
             np.testing.assert_allclose(frame["observation.state"].numpy(), obs["observation.state"], atol=1e-5)
             image = (frame["observation.images.front"].permute(1, 2, 0).numpy() * 255).astype(np.float32)
             assert np.abs(image - obs["observation.images.front"]).mean() < 12  # mp4 is lossy
+            np.testing.assert_allclose(frame["observation.environment_state"].numpy(), env.object_positions(),
+                                       atol=1e-5)  # the privileged object positions of the same instant
             obs, _, terminated, _, info = env.step(frame["action"].numpy())
         assert terminated and info["success"]
     env.close()

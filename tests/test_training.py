@@ -219,7 +219,9 @@ def test_train_cli_writes_checkpoints_a_loadable_policy_and_tensorboard(straight
     assert (checkpoints / "last").read_text().strip() == "step_000004"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_000002", "step_000004"]  # no *.tmp left
     pretrained = checkpoints / "step_000004" / "pretrained"
-    assert json.loads((pretrained / "config.json").read_text())["head"]["width"] == 32  # the overrides arrived
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["head"]["width"] == 32  # the overrides arrived
+    assert config["env_state_dim"] == 15  # policy=tiny's probe, sized from the demos' object positions
     stats = json.loads((pretrained / STATS_FILE).read_text())
     expected = chunks.normalization_stats(relative_actions=True)
     for key in expected:
@@ -234,7 +236,8 @@ def test_train_cli_writes_checkpoints_a_loadable_policy_and_tensorboard(straight
     assert actions.shape == (CHUNK, 8) and np.isfinite(actions).all() and 2 <= n_execute <= 6
 
     scalars = read_scalars(straight_run)
-    for tag in ("train/loss", "train/fused", "train/branches", "train/balance", "train/lr", "train/grad_norm"):
+    for tag in ("train/loss", "train/fused", "train/branches", "train/balance", "train/env_state", "train/lr",
+                "train/grad_norm"):
         assert sorted(scalars[tag]) == [1, 2, 3, 4], tag
     assert all(np.isfinite(v) for v in scalars["train/loss"].values())
     assert scalars["train/lr"][4] > scalars["train/lr"][1] > 0  # still warming up

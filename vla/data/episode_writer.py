@@ -6,6 +6,8 @@ Frames (one dict per control step, checked by `EpisodeWriter.add_frame`):
     observation.images.<camera>  uint8 (image_size, image_size, 3), stored as mp4 video by lerobot
     observation.state            float32 (state_dim,)   joint1..joint7, gripper (or the env's `state_names`)
     action                       float32 (action_dim,)  same names (or the env's `action_names`)
+    observation.environment_state float32 (len(env_state_names),), only when `env_state_names` are given:
+                                 privileged sim state (object positions), a training-only target
     task                         str, the instruction (lerobot's task table, `meta/tasks.parquet`)
 
 Seed and success of an episode are known only when it is saved; they are stored as two per-frame features,
@@ -64,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"  # lerobot's name for privileged env state
 ACTION_KEY = "action"
 TASK_KEY = "task"
 SEED_KEY = "episode.seed"
@@ -84,7 +87,8 @@ def _video_encoder() -> RGBEncoderConfig:
 
 
 def dataset_features(camera_names: Sequence[str], image_size: int, state_dim: int, action_dim: int,
-                     state_names: Sequence[str] | None = None, action_names: Sequence[str] | None = None) -> dict:
+                     state_names: Sequence[str] | None = None, action_names: Sequence[str] | None = None,
+                     env_state_names: Sequence[str] | None = None) -> dict:
     """The lerobot feature spec of an `EpisodeWriter` dataset; names default to joint1..jointN-1, gripper."""
 
     def names(given: Sequence[str] | None, dim: int, key: str) -> list[str]:
@@ -105,6 +109,9 @@ def dataset_features(camera_names: Sequence[str], image_size: int, state_dim: in
     features[STATE_KEY] = {"dtype": "float32", "shape": (state_dim,), "names": names(state_names, state_dim, STATE_KEY)}
     features[ACTION_KEY] = {"dtype": "float32", "shape": (action_dim,),
                             "names": names(action_names, action_dim, ACTION_KEY)}
+    if env_state_names:
+        features[ENV_STATE_KEY] = {"dtype": "float32", "shape": (len(env_state_names),),
+                                   "names": list(env_state_names)}
     features[SEED_KEY] = {"dtype": "int64", "shape": (1,), "names": None}
     features[SUCCESS_KEY] = {"dtype": "bool", "shape": (1,), "names": None}
     return features
@@ -129,6 +136,7 @@ class EpisodeWriter:
         action_dim: int = 8,
         state_names: Sequence[str] | None = None,
         action_names: Sequence[str] | None = None,
+        env_state_names: Sequence[str] | None = None,
         resume: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -142,7 +150,8 @@ class EpisodeWriter:
             raise ValueError(f"state_dim and action_dim must be >= 1, got {state_dim} and {action_dim}")
         # libx264 prints a banner per video through PyAV's INFO logging: one per camera per episode.
         av.logging.set_level(av.logging.ERROR)
-        self._features = dataset_features(camera_names, image_size, state_dim, action_dim, state_names, action_names)
+        self._features = dataset_features(camera_names, image_size, state_dim, action_dim, state_names, action_names,
+                                          env_state_names)
         self._frames: list[dict[str, Any]] = []
         repo_id = f"local/{self.root.name}"
         if (self.root / "meta" / "info.json").is_file():

@@ -17,10 +17,10 @@ from typing import Any
 import gymnasium as gym
 from tqdm import tqdm
 
-from vla.data.episode_writer import EpisodeWriter
+from vla.data.episode_writer import ENV_STATE_KEY, EpisodeWriter
 from vla.protocol import ChunkPolicy, split_chunk
 from vla.sim.expert import ScriptedExpert
-from vla.sim.tabletop_env import ACTION_DIM, STATE_DIM, TabletopEnv
+from vla.sim.tabletop_env import ACTION_DIM, ENV_STATE_NAMES, STATE_DIM, TabletopEnv
 from vla.sim.tasks import TASKS, Task
 
 RECORD_SEED_OFFSET = 1_000_000_000  # keeps demo seeds far from the evaluation seeds (0..49)
@@ -57,7 +57,7 @@ def tabletop_session(tasks: list[Task], env_kwargs: dict) -> ExpertSession:
     fps = round(1.0 / env.control_dt)
     return ExpertSession(env, ScriptedExpert(env.limits, fps), tuple(TASKS), {
         "fps": fps, "camera_names": list(env.cameras), "image_size": env.image_size, "state_dim": STATE_DIM,
-        "action_dim": ACTION_DIM, "robot_type": env.limits.name})
+        "action_dim": ACTION_DIM, "robot_type": env.limits.name, "env_state_names": ENV_STATE_NAMES})
 
 
 def libero_session(tasks: list, env_kwargs: dict) -> ExpertSession:
@@ -85,7 +85,8 @@ def run_expert_episode(session: ExpertSession, writer: EpisodeWriter, task_name:
                                                       "task_name": info["task_name"]}),
                                  session.writer_layout["action_dim"])
         action = actions[0]
-        writer.add_frame({**obs, "action": action})
+        privileged = {ENV_STATE_KEY: info["environment_state"]} if session.writer_layout.get("env_state_names") else {}
+        writer.add_frame({**obs, "action": action, **privileged})
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return bool(info["success"])

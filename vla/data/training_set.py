@@ -21,7 +21,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.video_utils import decode_video_frames, get_safe_default_video_backend
 from tqdm import tqdm
 
-from vla.policy.policy import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, resize_images, to_model_actions
+from vla.policy.policy import ACTION_KEY, ENV_STATE_KEY, IMAGE_PREFIX, STATE_KEY, resize_images, to_model_actions
 
 
 def open_lerobot_dataset(root: str | Path, chunk: int) -> LeRobotDataset:
@@ -36,8 +36,8 @@ def open_lerobot_dataset(root: str | Path, chunk: int) -> LeRobotDataset:
 
 class ChunkDataset(torch.utils.data.Dataset):
     """Batches of {`observation.images.<cam>` (B, 3, S, S) uint8, `observation.state` (B, S), `action` (B, H, A),
-    `action_is_pad` (B, H), `task` [B]}; index it with a list of frame indices (the DataLoader does, through
-    `__getitems__`).
+    `action_is_pad` (B, H), `task` [B]} and, where the dataset records it, `observation.environment_state` (B, E);
+    index it with a list of frame indices (the DataLoader does, through `__getitems__`).
 
     `cameras` are the policy's (the env's) names. A dataset recorded elsewhere may name them differently:
     `camera_map` maps its camera names to the policy's (`{"image": "agentview"}` reads the policy's `agentview`
@@ -68,6 +68,8 @@ class ChunkDataset(torch.utils.data.Dataset):
         table = self.lerobot.hf_dataset.with_format("numpy")
         self.state = np.stack(table[STATE_KEY]).astype(np.float32)  # (F, S)
         self.action = np.stack(table[ACTION_KEY]).astype(np.float32)  # (F, A)
+        self.env_state = (np.stack(table[ENV_STATE_KEY]).astype(np.float32) if ENV_STATE_KEY in meta.features
+                          else None)  # (F, E) privileged object positions, a training-only target
         self.episode = np.asarray(table["episode_index"]).reshape(-1)  # (F,)
         self.timestamp = np.asarray(table["timestamp"], dtype=np.float64).reshape(-1)  # (F,)
         tasks = meta.tasks.index.tolist()  # task_index -> instruction
@@ -141,6 +143,8 @@ class ChunkDataset(torch.utils.data.Dataset):
         batch[STATE_KEY] = torch.from_numpy(self.state[idx])
         batch[ACTION_KEY] = torch.from_numpy(self.action[self.window[idx]])  # (B, H, A)
         batch[ACTION_KEY + "_is_pad"] = torch.from_numpy(self.window_pad[idx])
+        if self.env_state is not None:
+            batch[ENV_STATE_KEY] = torch.from_numpy(self.env_state[idx])
         batch["task"] = [self.task[i] for i in idx]
         return batch
 
@@ -152,9 +156,15 @@ class ChunkDataset(torch.utils.data.Dataset):
         return to_model_actions(torch.from_numpy(self.action[self.window]), torch.from_numpy(self.state),
                                 relative_actions).reshape(-1, self.action.shape[1]).numpy()
 
+    @property
+    def env_state_dim(self) -> int:
+        """Dims of `observation.environment_state`; 0 when the dataset has none."""
+        return 0 if self.env_state is None else self.env_state.shape[1]
+
     def normalization_stats(self, relative_actions: bool) -> dict[str, dict[str, list[float]]]:
-        """Mean/std of the state and of the actions as the head predicts them (offsets when relative)."""
-        return mean_std(self.state, self.model_actions(relative_actions))
+        """Mean/std of the state, of the actions as the head predicts them (offsets when relative) and of the
+        environment state where there is one."""
+        return mean_std(self.state, self.model_actions(relative_actions), self.env_state)
 
 
 class ChunkDatasets(torch.utils.data.Dataset):
@@ -168,6 +178,8 @@ class ChunkDatasets(torch.utils.data.Dataset):
             raise ValueError("dataset.root: the datasets differ in state or action dims: "
                              f"{[(str(p.root), p.state.shape[1], p.action.shape[1]) for p in parts]}")
         self.parts = parts
+        dims = {p.env_state_dim for p in parts}  # the probe's target only where every part has the same one
+        self.env_state_dim = dims.pop() if len(dims) == 1 else 0
         self.starts = np.cumsum([0] + [len(p) for p in parts])  # (parts + 1,) first frame of each part
 
     def __len__(self) -> int:
@@ -180,7 +192,7 @@ class ChunkDatasets(torch.utils.data.Dataset):
                   for k, start in enumerate(self.starts[:-1]) if (part_of == k).any()]
         order = np.argsort(np.concatenate([positions for positions, _ in pieces]))  # back to the requested order
         batch = {key: torch.cat([piece[key] for _, piece in pieces])[torch.from_numpy(order)]
-                 for key in pieces[0][1] if key != "task"}
+                 for key in pieces[0][1] if key != "task" and (key != ENV_STATE_KEY or self.env_state_dim)}
         tasks = [task for _, piece in pieces for task in piece["task"]]
         batch["task"] = [tasks[i] for i in order]
         return batch
@@ -190,7 +202,8 @@ class ChunkDatasets(torch.utils.data.Dataset):
 
     def normalization_stats(self, relative_actions: bool) -> dict[str, dict[str, list[float]]]:
         return mean_std(np.concatenate([p.state for p in self.parts]),
-                        np.concatenate([p.model_actions(relative_actions) for p in self.parts]))
+                        np.concatenate([p.model_actions(relative_actions) for p in self.parts]),
+                        np.concatenate([p.env_state for p in self.parts]) if self.env_state_dim else None)
 
 
 def open_chunk_datasets(roots: str | list[str], cache_dir: str | Path | None = None,
@@ -207,9 +220,11 @@ def open_chunk_datasets(roots: str | list[str], cache_dir: str | Path | None = N
                                        else None, **kwargs) for i, root in enumerate(roots)])
 
 
-def mean_std(state: np.ndarray, model_actions: np.ndarray) -> dict[str, dict[str, list[float]]]:
-    return {STATE_KEY: {"mean": state.mean(0).tolist(), "std": state.std(0).tolist()},
-            ACTION_KEY: {"mean": model_actions.mean(0).tolist(), "std": model_actions.std(0).tolist()}}
+def mean_std(state: np.ndarray, model_actions: np.ndarray,
+             env_state: np.ndarray | None = None) -> dict[str, dict[str, list[float]]]:
+    features = {STATE_KEY: state, ACTION_KEY: model_actions, ENV_STATE_KEY: env_state}
+    return {key: {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()} for key, x in features.items()
+            if x is not None}
 
 
 def identity_collate(batch: dict) -> dict:

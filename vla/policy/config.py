@@ -79,8 +79,14 @@ class VLAPolicyConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     relative_actions: bool = True  # the arm's joints are predicted as offsets from the current state; the last
     # action dim (the gripper command) stays absolute
+    env_state_weight: float = 0.0  # > 0: in training, an EnvStateProbe regresses the dataset's privileged
+    # observation.environment_state (object positions) from the backbone tokens, loss weighted by this
+    env_state_dim: int = 0  # the probe's output size; vla-train sets it from the dataset (0: no probe)
 
     def __post_init__(self) -> None:
+        if self.env_state_weight < 0 or self.env_state_dim < 0:
+            raise ValueError(f"env_state_weight ({self.env_state_weight}) and env_state_dim ({self.env_state_dim}) "
+                             "must be >= 0")
         H = self.head.chunk
         if self.execution.adaptive and len(self.head.branch_horizons) < 2:
             raise ValueError("execution.adaptive needs at least two horizons (head.fusion 'gate' or 'mean'); "

@@ -25,10 +25,12 @@ from torch import Tensor, nn
 from vla.policy.action_head import DiTActionHead, moh_loss
 from vla.policy.backbone import build_backbone
 from vla.policy.config import VLAPolicyConfig
+from vla.policy.env_state_probe import EnvStateProbe
 from vla.policy.flow import ddim_sample, euler_sample, execute_count, noisy_sample, sample_time, velocity_target
 from vla.policy.normalize import Normalizer
 
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"  # privileged sim state: a training target, never an input
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
 CONFIG_FILE = "config.json"
@@ -79,6 +81,9 @@ class VLAPolicy(nn.Module):
             raise ValueError("relative_actions needs an action with at least 2 dims (the last is the gripper)")
         self.cfg = cfg
         self.head = DiTActionHead(cfg.head)
+        if cfg.env_state_dim:
+            normalizer.require([ENV_STATE_KEY], "VLAPolicy (env_state_dim > 0)")
+            self.env_state_probe = EnvStateProbe(self.backbone.token_dim, cfg.env_state_dim)
         self.normalizer = normalizer
         self.cameras = tuple(cfg.backbone.cameras)
         self._noise_gen = torch.Generator()
@@ -99,7 +104,16 @@ class VLAPolicy(nn.Module):
         t = sample_time(B, generator=generator, device=actions.device)
         out = self.head(noisy_sample(actions, noise, t), t, self.normalizer.normalize(STATE_KEY, state), tokens, mask)
         target = velocity_target(actions, noise) if self.cfg.head.prediction == "velocity" else actions
-        return moh_loss(out, target)
+        loss, parts = moh_loss(out, target)
+        if self.cfg.env_state_dim:
+            if ENV_STATE_KEY not in batch:
+                raise KeyError(f"VLAPolicy: env_state_dim={self.cfg.env_state_dim}, but the batch lacks "
+                               f"'{ENV_STATE_KEY}'")
+            probe_loss = F.mse_loss(self.env_state_probe(tokens, mask),
+                                    self.normalizer.normalize(ENV_STATE_KEY, batch[ENV_STATE_KEY]))
+            loss = loss + self.cfg.env_state_weight * probe_loss
+            parts["env_state"] = probe_loss.detach()
+        return loss, parts
 
     def _images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         missing = [IMAGE_PREFIX + c for c in self.cameras if IMAGE_PREFIX + c not in batch]

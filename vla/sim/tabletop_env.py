@@ -34,6 +34,7 @@ GRIPPER_CLOSED_BELOW = 0.5  # a gripper command under this means "close"
 DROP_DISTANCE = 0.02  # m from the pinch point beyond which an object out of the fingers counts as dropped
 STATE_DIM = 8
 ACTION_DIM = 8
+ENV_STATE_NAMES = tuple(f"{o}.{axis}" for o in scene.OBJECT_NAMES for axis in "xyz")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ class TabletopEnv(gym.Env):
         """(x, y, z, qw, qx, qy, qz) of a free object."""
         adr = self._object_qpos[name]
         return self.data.qpos[adr : adr + 7].copy()
+
+    def object_positions(self) -> np.ndarray:
+        """(x, y, z) of every object in `ENV_STATE_NAMES` order: recorded demos keep it as the privileged
+        `observation.environment_state`, a training-only target (policies never get it as input)."""
+        return np.concatenate([self.object_pose(o)[:3] for o in scene.OBJECT_NAMES]).astype(np.float32)
 
     def grasped_object(self) -> str | None:
         """The object touched by both fingers' pads, if any."""
@@ -279,6 +285,7 @@ class TabletopEnv(gym.Env):
             "steps": self.steps,
             "grasp_lost": self.grasp_lost,
             "privileged": self.data.qpos.copy(),
+            "environment_state": self.object_positions(),
             "task_name": self.task.name,
         }
 

@@ -12,6 +12,7 @@ half-written `last`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -99,6 +100,11 @@ class Trainer:
                                                cameras=tuple(cfg.backbone.cameras),
                                                image_size=cfg.backbone.image_size, camera_map=dataset_cameras,
                                                state_dim=cfg.head.state_dim, action_dim=cfg.head.action_dim)
+        if cfg.env_state_weight > 0:  # the probe needs the dataset's privileged state; without one, no probe
+            cfg = dataclasses.replace(cfg, env_state_dim=self.dataset.env_state_dim)
+            if not cfg.env_state_dim:
+                print(f"policy.env_state_weight={cfg.env_state_weight}, but {dataset_root} has no "
+                      "observation.environment_state: training without the environment-state probe")
         stats = (Normalizer.load(self.resume_from / "pretrained").to_dict() if self.resume_from
                  else self.dataset.normalization_stats(cfg.relative_actions))
         policy = VLAPolicy(cfg, Normalizer(stats))
