@@ -161,9 +161,9 @@ def test_loss_falls_when_overfitting_a_tiny_batch(fresh_policy):
     assert after < before / 4, (before, after)  # about 9.6 -> 1.5
 
 
-def test_env_state_probe_learns_where_an_object_is_from_the_images():
+def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
     """The probe regresses a bright square's position from the front image through the backbone; a batch without
-    the privileged state is an error that names the key."""
+    the privileged state is an error that names the key; the checkpoint leaves the training-only probe out."""
     torch.manual_seed(0)
     cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 2})
     stats = {**STATS, "observation.environment_state": {"mean": [14.0, 14.0], "std": [8.0, 8.0]}}
@@ -192,6 +192,12 @@ def test_env_state_probe_learns_where_an_object_is_from_the_images():
         loss.backward()
         optimizer.step()
     assert probe_error() < before / 10, (before, probe_error())
+
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "ckpt"))
+    assert not hasattr(loaded, "env_state_probe") and loaded.cfg.env_state_weight == 1.0
+    policy.eval().reset(0)
+    np.testing.assert_array_equal(loaded.predict_chunk(make_obs())[0], policy.predict_chunk(make_obs())[0])
+    policy.train()
 
     del batch["observation.environment_state"]
     with pytest.raises(KeyError, match="observation.environment_state"):

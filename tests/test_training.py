@@ -221,7 +221,9 @@ def test_train_cli_writes_checkpoints_a_loadable_policy_and_tensorboard(straight
     pretrained = checkpoints / "step_000004" / "pretrained"
     config = json.loads((pretrained / "config.json").read_text())
     assert config["head"]["width"] == 32  # the overrides arrived
-    assert config["env_state_dim"] == 15  # policy=tiny's probe, sized from the demos' object positions
+    # policy=tiny trained its environment-state probe (train/env_state below); the checkpoint leaves it out
+    assert config["env_state_weight"] == 0.5 and config["env_state_dim"] == 0
+    assert not [k for k in load_file(pretrained / "model.safetensors") if k.startswith("env_state_probe.")]
     stats = json.loads((pretrained / STATS_FILE).read_text())
     expected = chunks.normalization_stats(relative_actions=True)
     for key in expected:

@@ -37,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_TEXT_PREFIX = "backbone.text.encoder."  # loaded from its package, not stored in the checkpoint
 FROZEN_VLM_PREFIX = "backbone.vlm."  # a frozen HF VLM: loaded from backbone.model_dir, not stored either
+PROBE_PREFIX = "env_state_probe."  # training only: checkpoints (inference policies) leave the probe out
 
 
 def resize_images(images_nhwc: Tensor, size: int) -> Tensor:
@@ -172,9 +173,10 @@ class VLAPolicy(nn.Module):
 
     # ---------------------------------------------------------------- checkpoints
     def stored_state_dict(self) -> dict[str, Tensor]:
-        """The weights a checkpoint stores: all but frozen pretrained weights that load from elsewhere (the tiny
-        backbone's text encoder from its package, a Hugging Face VLM from backbone.model_dir)."""
-        skip = []
+        """The weights a checkpoint stores: all but the training-only probe and frozen pretrained weights that load
+        from elsewhere (the tiny backbone's text encoder from its package, a Hugging Face VLM from
+        backbone.model_dir)."""
+        skip = [PROBE_PREFIX]
         if getattr(self.cfg.backbone, "freeze_text", False):
             skip.append(FROZEN_TEXT_PREFIX)
         if self.cfg.backbone.type == "hf" and self.cfg.backbone.freeze:
@@ -187,7 +189,9 @@ class VLAPolicy(nn.Module):
                              "vla.quant.convert.save_quantized")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        # Without its probe: env_state_weight stays as a record of the training, env_state_dim=0 builds no probe.
+        inference_cfg = dataclasses.replace(self.cfg, env_state_dim=0)
+        (directory / CONFIG_FILE).write_text(json.dumps(inference_cfg.to_dict(), indent=1))
         save_file(self.stored_state_dict(), str(directory / WEIGHTS_FILE))
         self.normalizer.save(directory)
         return directory
