@@ -3,7 +3,8 @@
 Flow matching alone teaches a vision encoder trained from scratch to localize objects slowly: the only signal is
 how much a wrong grasp point raises the action loss. In simulation the recorder also stores every object's
 position (`observation.environment_state`), and regressing it from the same tokens the action head reads gives
-the encoder that signal directly. The probe never runs at inference and checkpoints leave it out; policies never take the state as input.
+the encoder that signal directly. The probe never runs at inference and checkpoints leave it out; policies never
+take the state as input.
 """
 
 from __future__ import annotations
