@@ -182,7 +182,10 @@ def test_normalization_stats_of_relative_actions(chunks, reference):
     relative, absolute = np.concatenate(relative), np.concatenate(absolute)
 
     stats = chunks.normalization_stats(relative_actions=True)
-    assert set(stats) == {"observation.state", "action"}
+    assert set(stats) == {"observation.state", "action", "observation.environment_state"}  # the probe's target too
+    env_state = np.stack(table["observation.environment_state"]).astype(np.float64)
+    np.testing.assert_allclose(stats["observation.environment_state"]["mean"], env_state.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["observation.environment_state"]["std"], env_state.std(0), atol=1e-5)
     np.testing.assert_allclose(stats["observation.state"]["mean"], state.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["observation.state"]["std"], state.std(0), atol=1e-5)
     np.testing.assert_allclose(stats["action"]["mean"], relative.mean(0), atol=1e-5)
