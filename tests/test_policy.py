@@ -161,6 +161,25 @@ def test_loss_falls_when_overfitting_a_tiny_batch(fresh_policy):
     assert after < before / 4, (before, after)  # about 9.6 -> 1.5
 
 
+def test_state_dropout_hides_the_state_from_the_head_in_training_only():
+    torch.manual_seed(0)
+    cfg = VLAPolicyConfig.from_dict({**tiny_dict(head={"gate_noise": 0.0}), "state_dropout": 1.0})
+    policy = perturbed(VLAPolicy(cfg, Normalizer(STATS)))  # eval mode; perturbed so the state token matters
+    batch, moved = make_batch(seed=2), make_batch(seed=2)
+    offsets = to_model_actions(batch["action"], batch["observation.state"], True)
+    moved["observation.state"] = batch["observation.state"] + 0.3  # the same offsets from another state
+    moved["action"] = from_model_actions(offsets, moved["observation.state"], True)
+
+    def loss(b: dict) -> float:
+        with torch.no_grad():
+            return policy(b, generator=torch.Generator().manual_seed(7))[0].item()
+
+    assert abs(loss(batch) - loss(moved)) > 1e-3  # at inference the head reads the state
+    policy.train()
+    assert loss(batch) == pytest.approx(loss(moved), abs=1e-5)  # in training (p = 1) it never sees it
+    policy.eval()
+
+
 def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
     """The probe regresses a bright square's position from the front image through the backbone; a batch without
     the privileged state is an error that names the key; the checkpoint leaves the training-only probe out."""

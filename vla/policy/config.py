@@ -79,11 +79,16 @@ class VLAPolicyConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     relative_actions: bool = True  # the arm's joints are predicted as offsets from the current state; the last
     # action dim (the gripper command) stays absolute
+    state_dropout: float = 0.0  # training only: the probability, per sample, that the head's state input is the
+    # dataset mean instead, so it cannot predict a chunk from the arm's position alone (on expert paths the pose
+    # already points where the arm is going) and must read the images
     env_state_weight: float = 0.0  # > 0: in training, an EnvStateProbe regresses the dataset's privileged
     # observation.environment_state (object positions) from the backbone tokens, loss weighted by this
     env_state_dim: int = 0  # the probe's output size; vla-train sets it from the dataset (0: no probe)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ValueError(f"state_dropout must be in [0, 1], got {self.state_dropout}")
         if self.env_state_weight < 0 or self.env_state_dim < 0:
             raise ValueError(f"env_state_weight ({self.env_state_weight}) and env_state_dim ({self.env_state_dim}) "
                              "must be >= 0")

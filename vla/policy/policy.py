@@ -103,7 +103,11 @@ class VLAPolicy(nn.Module):
         B = actions.shape[0]
         noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
         t = sample_time(B, generator=generator, device=actions.device)
-        out = self.head(noisy_sample(actions, noise, t), t, self.normalizer.normalize(STATE_KEY, state), tokens, mask)
+        state_in = self.normalizer.normalize(STATE_KEY, state)  # (B, S)
+        if self.training and self.cfg.state_dropout > 0:  # zero = the dataset's mean state
+            dropped = torch.rand(B, 1, generator=generator, device=state.device) < self.cfg.state_dropout
+            state_in = state_in.masked_fill(dropped, 0.0)
+        out = self.head(noisy_sample(actions, noise, t), t, state_in, tokens, mask)
         target = velocity_target(actions, noise) if self.cfg.head.prediction == "velocity" else actions
         loss, parts = moh_loss(out, target)
         if self.cfg.env_state_dim:
