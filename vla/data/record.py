@@ -10,6 +10,7 @@ suite's stored initial states (those are the evaluation's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ExpertSession:
     writer_layout: dict[str, Any]  # `EpisodeWriter` keywords: fps, camera_names, image_size, dims, names, robot_type
     reset_options: dict[str, Any] = field(default_factory=dict)  # besides the task
     max_seed: int | None = None  # the largest episode seed the env takes
+    env_state: Callable[[], Any] | None = None  # the privileged observation.environment_state now, if recorded
 
 
 def tabletop_session(tasks: list[Task], env_kwargs: dict) -> ExpertSession:
@@ -57,7 +59,8 @@ def tabletop_session(tasks: list[Task], env_kwargs: dict) -> ExpertSession:
     fps = round(1.0 / env.control_dt)
     return ExpertSession(env, ScriptedExpert(env.limits, fps), tuple(TASKS), {
         "fps": fps, "camera_names": list(env.cameras), "image_size": env.image_size, "state_dim": STATE_DIM,
-        "action_dim": ACTION_DIM, "robot_type": env.limits.name, "env_state_names": ENV_STATE_NAMES})
+        "action_dim": ACTION_DIM, "robot_type": env.limits.name, "env_state_names": ENV_STATE_NAMES},
+        env_state=env.object_positions)
 
 
 def libero_session(tasks: list, env_kwargs: dict) -> ExpertSession:
@@ -85,7 +88,7 @@ def run_expert_episode(session: ExpertSession, writer: EpisodeWriter, task_name:
                                                       "task_name": info["task_name"]}),
                                  session.writer_layout["action_dim"])
         action = actions[0]
-        privileged = {ENV_STATE_KEY: info["environment_state"]} if session.writer_layout.get("env_state_names") else {}
+        privileged = {ENV_STATE_KEY: session.env_state()} if session.env_state else {}
         writer.add_frame({**obs, "action": action, **privileged})
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated

@@ -285,7 +285,6 @@ class TabletopEnv(gym.Env):
             "steps": self.steps,
             "grasp_lost": self.grasp_lost,
             "privileged": self.data.qpos.copy(),
-            "environment_state": self.object_positions(),
             "task_name": self.task.name,
         }
 
