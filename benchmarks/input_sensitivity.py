@@ -6,8 +6,9 @@ This measures it directly. The expert drives each of the first `--scenes` fixed 
 `--steps` steps; at that observation the policy predicts a chunk (fixed noise), and again with the images of the
 next scene, and again with the state of the next scene. Reported, as the mean absolute joint difference (rad) of
 the chunk's last target: how much the images move it, how much the state moves its offset from the state, and how
-much the expert's own targets differ between scenes (what the images should explain). Writes
-benchmarks/results/input_sensitivity.{json,md}.
+much the expert's own targets differ between scenes (what the images should explain). For a checkpoint with an
+environment-state probe (`object_token`), also how far its estimate of the objects' positions is from the truth
+(cm, mean over the objects). Writes benchmarks/results/input_sensitivity.{json,md}.
 
     python benchmarks/input_sensitivity.py --checkpoint checkpoints/tabletop [--task put_red_cube_in_bin]
         [--scenes 8] [--steps 0 20 40] [--out DIR]
@@ -29,10 +30,12 @@ from vla.sim.report import machine_info
 from vla.sim.tabletop_env import TabletopEnv
 
 
-def expert_observations(env: TabletopEnv, task: str, scenes: int, steps: int) -> tuple[list[dict], np.ndarray]:
-    """The observation after `steps` expert steps in each scene, and the expert's chunk-end joint targets there."""
+def expert_observations(env: TabletopEnv, task: str, scenes: int,
+                        steps: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The observation after `steps` expert steps in each scene, the expert's chunk-end joint targets there, and
+    the objects' positions (ENV_STATE_NAMES order)."""
     expert = ScriptedExpert(env.limits, round(1.0 / env.control_dt))
-    observations, targets = [], []
+    observations, targets, positions = [], [], []
     for scene in range(scenes):
         obs, info = env.reset(seed=scene, options={"task": task, "init_state": load_init_states(task)[scene]})
         expert.reset(scene)
@@ -42,7 +45,16 @@ def expert_observations(env: TabletopEnv, task: str, scenes: int, steps: int) ->
         chunk = expert.predict_chunk({**obs, "privileged": info["privileged"], "task_name": task})[0]
         observations.append(obs)
         targets.append(chunk[-1][:7])
-    return observations, np.array(targets)
+        positions.append(env.object_positions())
+    return observations, np.array(targets), np.array(positions)
+
+
+def localization_cm(policy: VLAPolicy, observations: list[dict], positions: np.ndarray) -> float | None:
+    """Mean distance (cm) between the probe's object positions and the true ones; None without a probe."""
+    if not policy.cfg.env_state_dim:
+        return None
+    error = policy.predict_env_state(observations) - positions  # (n, 3 * objects)
+    return float(100 * np.linalg.norm(error.reshape(len(observations), -1, 3), axis=-1).mean())
 
 
 def sensitivity(policy: VLAPolicy, observations: list[dict], expert_targets: np.ndarray) -> dict:
@@ -84,8 +96,9 @@ def main() -> None:
     for checkpoint in args.checkpoint:
         policy = VLAPolicy.from_pretrained(checkpoint)
         policy.cfg.sampler.fixed_noise = True  # the swaps, not the sampling noise, move the chunk
-        for steps, (observations, targets) in scenes.items():
-            rows.append({"checkpoint": checkpoint, "steps": steps, **sensitivity(policy, observations, targets)})
+        for steps, (observations, targets, positions) in scenes.items():
+            rows.append({"checkpoint": checkpoint, "steps": steps, **sensitivity(policy, observations, targets),
+                         "localization_cm": localization_cm(policy, observations, positions)})
             print(rows[-1])
 
     machine = {**machine_info(), "torch_threads": torch.get_num_threads()}
@@ -99,9 +112,10 @@ def main() -> None:
              "(its offset from the state) with the next scene's state; the expert's spread between scenes is what "
              f"the images should explain. Machine: {machine['platform']}, {machine['cpu_count']} cores.", "",
              "| checkpoint | expert steps | images moved it | state moved it | expert spread | error vs expert "
-             "| offset corr. |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| offset corr. | object positions off by |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['checkpoint']} | {r['steps']} | {r['images_effect_rad']:.3f} | {r['state_effect_rad']:.3f} | "
-              f"{r['expert_spread_rad']:.3f} | {r['error_rad']:.3f} | {r['offset_correlation']:.2f} |" for r in rows]
+              f"{r['expert_spread_rad']:.3f} | {r['error_rad']:.3f} | {r['offset_correlation']:.2f} | "
+              + ("-" if r["localization_cm"] is None else f"{r['localization_cm']:.1f} cm") + " |" for r in rows]
     (out / "input_sensitivity.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'input_sensitivity.md'}")
 

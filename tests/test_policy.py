@@ -184,7 +184,8 @@ def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
     """The probe regresses a bright square's position from the front image through the backbone; a batch without
     the privileged state is an error that names the key; the checkpoint leaves the training-only probe out."""
     torch.manual_seed(0)
-    cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 2})
+    cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 2,
+                                     "env_state_group": 2})
     stats = {**STATS, "observation.environment_state": {"mean": [14.0, 14.0], "std": [8.0, 8.0]}}
     policy = VLAPolicy(cfg, Normalizer(stats)).train()
     batch = make_batch(batch=4, seed=5)
@@ -223,6 +224,40 @@ def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
         policy(batch)
     with pytest.raises(KeyError, match="observation.environment_state"):  # the probe needs its stats
         VLAPolicy(cfg, Normalizer(STATS))
+
+
+def test_object_token_conditions_the_head_and_ships_with_the_checkpoint(tmp_path):
+    """With object_token the head reads the (noised) recorded state in training and the probe's estimate at
+    inference, so the probe and the token are stored; without a probe it is an error that names the key."""
+    torch.manual_seed(0)
+    env_stats = {"observation.environment_state": {"mean": [0.0] * 6, "std": [1.0] * 6}}
+    batch = make_batch(batch=4, seed=5)
+    batch["observation.environment_state"] = torch.zeros(4, 6)
+    moved = {**batch, "observation.environment_state": torch.ones(4, 6)}
+
+    def fused_loss(policy: VLAPolicy, b: dict) -> float:
+        torch.manual_seed(3)  # the backbone's dropout draws from the global generator
+        return policy(b, generator=torch.Generator().manual_seed(7))[1]["fused"].item()
+
+    for object_token in (False, True):
+        cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 6,
+                                         "object_token": object_token})
+        policy = VLAPolicy(cfg, Normalizer({**STATS, **env_stats})).train()
+        optimizer = torch.optim.Adam(policy.head.parameters(), lr=1e-2)
+        for _ in range(6):  # the head's zero-initialized output layers read nothing until they have trained
+            optimizer.zero_grad()
+            policy(batch)[0].backward()
+            optimizer.step()
+        change = abs(fused_loss(policy, batch) - fused_loss(policy, moved))
+        assert change > 1e-5 if object_token else change == 0.0  # the action loss sees them only through the token
+
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.cfg.object_token and loaded.cfg.env_state_dim == 6
+    assert hasattr(loaded, "env_state_probe") and hasattr(loaded, "object_token")
+    policy.eval().reset(0)
+    np.testing.assert_array_equal(loaded.predict_chunk(make_obs())[0], policy.predict_chunk(make_obs())[0])
+    with pytest.raises(ValueError, match="object_token needs env_state_dim"):
+        VLAPolicy(VLAPolicyConfig.from_dict({**tiny_dict(), "object_token": True}), Normalizer(STATS))
 
 
 def test_conv_stem_adds_one_keypoint_token_per_camera():

@@ -85,6 +85,11 @@ class VLAPolicyConfig:
     env_state_weight: float = 0.0  # > 0: in training, an EnvStateProbe regresses the dataset's privileged
     # observation.environment_state (object positions) from the backbone tokens, loss weighted by this
     env_state_dim: int = 0  # the probe's output size; vla-train sets it from the dataset (0: no probe)
+    env_state_group: int = 3  # dims per probe query: 3 = one query per object's x, y, z
+    object_token: bool = False  # the probe's estimate of the environment state also conditions the action head
+    # (one more token; the probe is then stored in checkpoints and runs at inference); needs env_state_dim > 0
+    object_token_noise: float = 0.1  # training: the head's object token is the recorded state (normalized) plus
+    # Gaussian noise of this std, so it learns from clean targets at the estimate's error scale
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.state_dropout <= 1.0:
@@ -92,6 +97,9 @@ class VLAPolicyConfig:
         if self.env_state_weight < 0 or self.env_state_dim < 0:
             raise ValueError(f"env_state_weight ({self.env_state_weight}) and env_state_dim ({self.env_state_dim}) "
                              "must be >= 0")
+        if self.env_state_group < 1 or self.object_token_noise < 0:
+            raise ValueError(f"env_state_group ({self.env_state_group}) must be >= 1 and object_token_noise "
+                             f"({self.object_token_noise}) >= 0")
         H = self.head.chunk
         if self.execution.adaptive and len(self.head.branch_horizons) < 2:
             raise ValueError("execution.adaptive needs at least two horizons (head.fusion 'gate' or 'mean'); "

@@ -1,10 +1,11 @@
-"""A training-only probe: predict the privileged environment state (object positions) from the backbone tokens.
+"""The environment-state probe: predict the privileged environment state (object positions) from the backbone tokens.
 
 Flow matching alone teaches a vision encoder trained from scratch to localize objects slowly: the only signal is
 how much a wrong grasp point raises the action loss. In simulation the recorder also stores every object's
 position (`observation.environment_state`), and regressing it from the same tokens the action head reads gives
-the encoder that signal directly. The probe never runs at inference and checkpoints leave it out; policies never
-take the state as input.
+the encoder that signal directly. By default the probe is training-only (checkpoints leave it out); with
+`object_token` its estimate also enters the action head as one more conditioning token (see ObjectToken), and the
+probe becomes part of the policy. Policies never take the recorded state as an input at inference.
 """
 
 from __future__ import annotations
@@ -14,17 +15,32 @@ from torch import Tensor, nn
 
 
 class EnvStateProbe(nn.Module):
-    """tokens (B, N, D) + validity mask (B, N) -> environment state (B, E): one learned query attends over the
-    tokens (one head: any token width works), an MLP reads the result."""
+    """tokens (B, N, D) + validity mask (B, N) -> environment state (B, E). One learned query per group of `group`
+    dims (3: an object's x, y, z) attends over the tokens, and a shared MLP reads each query's result."""
 
-    def __init__(self, token_dim: int, state_dim: int) -> None:
+    def __init__(self, token_dim: int, state_dim: int, group: int = 3, heads: int = 4) -> None:
         super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, token_dim) * 0.02)
-        self.attn = nn.MultiheadAttention(token_dim, 1, batch_first=True)
+        if state_dim % group:
+            raise ValueError(f"env_state_dim={state_dim} is not a multiple of env_state_group={group}")
+        self.query = nn.Parameter(torch.randn(1, state_dim // group, token_dim) * 0.02)
+        self.attn = nn.MultiheadAttention(token_dim, heads if token_dim % heads == 0 else 1, batch_first=True)
         self.mlp = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, token_dim), nn.GELU(),
-                                 nn.Linear(token_dim, state_dim))
+                                 nn.Linear(token_dim, group))
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         query = self.query.expand(tokens.shape[0], -1, -1)
-        pooled, _ = self.attn(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)
-        return self.mlp(pooled[:, 0])
+        pooled, _ = self.attn(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, Q, D)
+        return self.mlp(pooled).flatten(1)  # (B, Q * group)
+
+
+class ObjectToken(nn.Module):
+    """Normalized environment state (B, E) -> one more conditioning token for the action head: the tokens and
+    mask with it appended, (B, N + 1, D) and (B, N + 1)."""
+
+    def __init__(self, state_dim: int, token_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(state_dim, token_dim), nn.GELU(), nn.Linear(token_dim, token_dim))
+
+    def forward(self, tokens: Tensor, mask: Tensor, env_state: Tensor) -> tuple[Tensor, Tensor]:
+        token = self.proj(env_state.to(tokens.dtype))[:, None]
+        return torch.cat([tokens, token], 1), torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)

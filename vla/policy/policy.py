@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vla.policy.action_head import DiTActionHead, moh_loss
 from vla.policy.backbone import build_backbone
 from vla.policy.config import VLAPolicyConfig
-from vla.policy.env_state_probe import EnvStateProbe
+from vla.policy.env_state_probe import EnvStateProbe, ObjectToken
 from vla.policy.flow import ddim_sample, euler_sample, execute_count, noisy_sample, sample_time, velocity_target
 from vla.policy.normalize import Normalizer
 
@@ -37,7 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_TEXT_PREFIX = "backbone.text.encoder."  # loaded from its package, not stored in the checkpoint
 FROZEN_VLM_PREFIX = "backbone.vlm."  # a frozen HF VLM: loaded from backbone.model_dir, not stored either
-PROBE_PREFIX = "env_state_probe."  # training only: checkpoints (inference policies) leave the probe out
+PROBE_PREFIX = "env_state_probe."  # training only unless object_token: checkpoints then leave the probe out
 
 
 def resize_images(images_nhwc: Tensor, size: int) -> Tensor:
@@ -82,9 +82,13 @@ class VLAPolicy(nn.Module):
             raise ValueError("relative_actions needs an action with at least 2 dims (the last is the gripper)")
         self.cfg = cfg
         self.head = DiTActionHead(cfg.head)
+        if cfg.object_token and not cfg.env_state_dim:
+            raise ValueError("object_token needs env_state_dim > 0 (a dataset with observation.environment_state)")
         if cfg.env_state_dim:
             normalizer.require([ENV_STATE_KEY], "VLAPolicy (env_state_dim > 0)")
-            self.env_state_probe = EnvStateProbe(self.backbone.token_dim, cfg.env_state_dim)
+            self.env_state_probe = EnvStateProbe(self.backbone.token_dim, cfg.env_state_dim, cfg.env_state_group)
+        if cfg.object_token:
+            self.object_token = ObjectToken(cfg.env_state_dim, self.backbone.token_dim)
         self.normalizer = normalizer
         self.cameras = tuple(cfg.backbone.cameras)
         self._noise_gen = torch.Generator()
@@ -101,6 +105,17 @@ class VLAPolicy(nn.Module):
                                                                           self.cfg.relative_actions))  # (B, H, A)
         tokens, mask = self.backbone(self._images(batch), list(batch["task"]))  # (B, N, D), (B, N)
         B = actions.shape[0]
+        probe_loss = None
+        if self.cfg.env_state_dim:
+            if ENV_STATE_KEY not in batch:
+                raise KeyError(f"VLAPolicy: env_state_dim={self.cfg.env_state_dim}, but the batch lacks "
+                               f"'{ENV_STATE_KEY}'")
+            env_state = self.normalizer.normalize(ENV_STATE_KEY, batch[ENV_STATE_KEY])
+            probe_loss = F.mse_loss(self.env_state_probe(tokens, mask), env_state)
+            if self.cfg.object_token:  # teacher forcing: the recorded state, blurred to the estimate's error scale
+                shown = env_state + self.cfg.object_token_noise * torch.randn(
+                    env_state.shape, generator=generator, device=env_state.device, dtype=env_state.dtype)
+                tokens, mask = self.object_token(tokens, mask, shown)
         noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
         t = sample_time(B, generator=generator, device=actions.device)
         state_in = self.normalizer.normalize(STATE_KEY, state)  # (B, S)
@@ -110,12 +125,7 @@ class VLAPolicy(nn.Module):
         out = self.head(noisy_sample(actions, noise, t), t, state_in, tokens, mask)
         target = velocity_target(actions, noise) if self.cfg.head.prediction == "velocity" else actions
         loss, parts = moh_loss(out, target)
-        if self.cfg.env_state_dim:
-            if ENV_STATE_KEY not in batch:
-                raise KeyError(f"VLAPolicy: env_state_dim={self.cfg.env_state_dim}, but the batch lacks "
-                               f"'{ENV_STATE_KEY}'")
-            probe_loss = F.mse_loss(self.env_state_probe(tokens, mask),
-                                    self.normalizer.normalize(ENV_STATE_KEY, batch[ENV_STATE_KEY]))
+        if probe_loss is not None:
             loss = loss + self.cfg.env_state_weight * probe_loss
             parts["env_state"] = probe_loss.detach()
         return loss, parts
@@ -140,19 +150,14 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def predict_chunks(self, observations: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """A batch of observations -> actions (B, H, A) and executed counts (B,)."""
-        device, size = self.device, self.cfg.backbone.image_size
-        images = {}
-        for c in self.cameras:
-            key = IMAGE_PREFIX + c
-            if key not in observations[0]:
-                raise KeyError(f"VLAPolicy: the observation lacks '{key}' (has {sorted(observations[0])})")
-            frames = torch.as_tensor(np.stack([o[key] for o in observations])).to(device)  # (B, h, w, 3) uint8
-            images[c] = resize_images(frames, size).float() / 255
-        state = torch.as_tensor(np.stack([o[STATE_KEY] for o in observations]), dtype=torch.float32, device=device)
+        state = torch.as_tensor(np.stack([o[STATE_KEY] for o in observations]), dtype=torch.float32,
+                                device=self.device)
         was_training = self.training
         self.eval()
         try:
-            tokens, mask = self.backbone(images, [str(o["task"]) for o in observations])
+            tokens, mask = self._encode(observations)
+            if self.cfg.object_token:
+                tokens, mask = self.object_token(tokens, mask, self.env_state_probe(tokens, mask))
             noise = self._sampling_noise(len(observations))
             sample = ddim_sample if self.cfg.sampler.kind == "ddim" else euler_sample
             chunk, spread = sample(self.head, self.normalizer.normalize(STATE_KEY, state), tokens, mask,
@@ -161,6 +166,30 @@ class VLAPolicy(nn.Module):
             self.train(was_training)
         actions = from_model_actions(self.normalizer.unnormalize(ACTION_KEY, chunk), state, self.cfg.relative_actions)
         return actions.float().cpu().numpy(), self._execute_counts(spread)
+
+    @torch.no_grad()
+    def predict_env_state(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        """The probe's estimate of the environment state (B, E) in the dataset's units (needs env_state_dim > 0)."""
+        if not self.cfg.env_state_dim:
+            raise ValueError("predict_env_state: this policy has no environment-state probe (env_state_dim=0)")
+        was_training = self.training
+        self.eval()
+        try:
+            estimate = self.env_state_probe(*self._encode(observations))
+        finally:
+            self.train(was_training)
+        return self.normalizer.unnormalize(ENV_STATE_KEY, estimate).float().cpu().numpy()
+
+    def _encode(self, observations: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
+        """Env observations -> backbone tokens and mask."""
+        images = {}
+        for c in self.cameras:
+            key = IMAGE_PREFIX + c
+            if key not in observations[0]:
+                raise KeyError(f"VLAPolicy: the observation lacks '{key}' (has {sorted(observations[0])})")
+            frames = torch.as_tensor(np.stack([o[key] for o in observations])).to(self.device)  # (B, h, w, 3) uint8
+            images[c] = resize_images(frames, self.cfg.backbone.image_size).float() / 255
+        return self.backbone(images, [str(o["task"]) for o in observations])
 
     def _sampling_noise(self, batch: int) -> Tensor:
         cfg = self.cfg.head
@@ -180,7 +209,7 @@ class VLAPolicy(nn.Module):
         """The weights a checkpoint stores: all but the training-only probe and frozen pretrained weights that load
         from elsewhere (the tiny backbone's text encoder from its package, a Hugging Face VLM from
         backbone.model_dir)."""
-        skip = [PROBE_PREFIX]
+        skip = [] if self.cfg.object_token else [PROBE_PREFIX]
         if getattr(self.cfg.backbone, "freeze_text", False):
             skip.append(FROZEN_TEXT_PREFIX)
         if self.cfg.backbone.type == "hf" and self.cfg.backbone.freeze:
@@ -193,8 +222,9 @@ class VLAPolicy(nn.Module):
                              "vla.quant.convert.save_quantized")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        # Without its probe: env_state_weight stays as a record of the training, env_state_dim=0 builds no probe.
-        inference_cfg = dataclasses.replace(self.cfg, env_state_dim=0)
+        # Without a training-only probe: env_state_weight stays as a record of the training, env_state_dim=0 builds
+        # no probe. With object_token the probe feeds the head, so it stays.
+        inference_cfg = self.cfg if self.cfg.object_token else dataclasses.replace(self.cfg, env_state_dim=0)
         (directory / CONFIG_FILE).write_text(json.dumps(inference_cfg.to_dict(), indent=1))
         save_file(self.stored_state_dict(), str(directory / WEIGHTS_FILE))
         self.normalizer.save(directory)

@@ -104,7 +104,12 @@ class Trainer:
             cfg = dataclasses.replace(cfg, env_state_dim=self.dataset.env_state_dim)
             if not cfg.env_state_dim:
                 print(f"policy.env_state_weight={cfg.env_state_weight}, but {dataset_root} has no "
-                      "observation.environment_state: training without the environment-state probe")
+                      "observation.environment_state: training without the environment-state probe"
+                      + (" and the object token" if cfg.object_token else ""))
+                cfg = dataclasses.replace(cfg, object_token=False)
+        elif cfg.object_token:
+            raise ValueError("policy.object_token=true needs policy.env_state_weight > 0 (the probe that makes the "
+                             "token learns only from its loss)")
         stats = (Normalizer.load(self.resume_from / "pretrained").to_dict() if self.resume_from
                  else self.dataset.normalization_stats(cfg.relative_actions))
         policy = VLAPolicy(cfg, Normalizer(stats))
