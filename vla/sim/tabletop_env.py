@@ -131,7 +131,8 @@ class TabletopEnv(gym.Env):
 
     def object_positions(self) -> np.ndarray:
         """(x, y, z) of every object in `ENV_STATE_NAMES` order: recorded demos keep it as the privileged
-        `observation.environment_state`, a training-only target (policies never get it as input)."""
+        `observation.environment_state`, a training target (policies never get it as input; with object_token they
+        estimate it from their cameras)."""
         return np.concatenate([self.object_pose(o)[:3] for o in scene.OBJECT_NAMES]).astype(np.float32)
 
     def grasped_object(self) -> str | None:
