@@ -180,12 +180,13 @@ def test_state_dropout_hides_the_state_from_the_head_in_training_only():
     policy.eval()
 
 
-def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
+@pytest.mark.parametrize("source", ["tokens", "keypoints"])
+def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path, source):
     """The probe regresses a bright square's position from the front image through the backbone; a batch without
     the privileged state is an error that names the key; the checkpoint leaves the training-only probe out."""
     torch.manual_seed(0)
     cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 2,
-                                     "env_state_group": 2})
+                                     "env_state_group": 2, "env_state_probe": source})
     stats = {**STATS, "observation.environment_state": {"mean": [14.0, 14.0], "std": [8.0, 8.0]}}
     policy = VLAPolicy(cfg, Normalizer(stats)).train()
     batch = make_batch(batch=4, seed=5)
@@ -198,8 +199,9 @@ def test_env_state_probe_learns_where_an_object_is_from_the_images(tmp_path):
 
     def probe_error() -> float:
         with torch.no_grad():
-            tokens, mask = policy.backbone(policy._images(batch), list(batch["task"]))
-            return F.mse_loss(policy.env_state_probe(tokens, mask),
+            images = policy._images(batch)
+            tokens, mask = policy.backbone(images, list(batch["task"]))
+            return F.mse_loss(policy.env_state_probe(images, tokens, mask),
                               policy.normalizer.normalize("observation.environment_state",
                                                           batch["observation.environment_state"])).item()
 
@@ -239,9 +241,9 @@ def test_object_token_conditions_the_head_and_ships_with_the_checkpoint(tmp_path
         torch.manual_seed(3)  # the backbone's dropout draws from the global generator
         return policy(b, generator=torch.Generator().manual_seed(7))[1]["fused"].item()
 
-    for object_token in (False, True):
+    for object_token, source in ((False, "tokens"), (True, "keypoints")):
         cfg = VLAPolicyConfig.from_dict({**tiny_dict(), "env_state_weight": 1.0, "env_state_dim": 6,
-                                         "object_token": object_token})
+                                         "object_token": object_token, "env_state_probe": source})
         policy = VLAPolicy(cfg, Normalizer({**STATS, **env_stats})).train()
         optimizer = torch.optim.Adam(policy.head.parameters(), lr=1e-2)
         for _ in range(6):  # the head's zero-initialized output layers read nothing until they have trained

@@ -12,6 +12,7 @@ from typing import Any
 
 from vla.policy.action_head import ActionHeadConfig
 from vla.policy.backbone import TinyVLMConfig
+from vla.policy.env_state_probe import PROBE_SOURCES
 
 SAMPLERS = ("euler", "ddim")
 
@@ -86,6 +87,8 @@ class VLAPolicyConfig:
     # observation.environment_state (object positions) from the backbone tokens, loss weighted by this
     env_state_dim: int = 0  # the probe's output size; vla-train sets it from the dataset (0: no probe)
     env_state_group: int = 3  # dims per probe query: 3 = one query per object's x, y, z
+    env_state_probe: str = "tokens"  # what the probe reads: tokens (the backbone's) | keypoints (its own conv
+    # keypoints over the pixels; see vla/policy/env_state_probe.py)
     object_token: bool = False  # the probe's estimate of the environment state also conditions the action head
     # (one more token; the probe is then stored in checkpoints and runs at inference); needs env_state_dim > 0
     object_token_noise: float = 0.1  # training: the head's object token is the recorded state (normalized) plus
@@ -97,6 +100,8 @@ class VLAPolicyConfig:
         if self.env_state_weight < 0 or self.env_state_dim < 0:
             raise ValueError(f"env_state_weight ({self.env_state_weight}) and env_state_dim ({self.env_state_dim}) "
                              "must be >= 0")
+        if self.env_state_probe not in PROBE_SOURCES:
+            raise ValueError(f"env_state_probe must be one of {PROBE_SOURCES}, got {self.env_state_probe!r}")
         if self.env_state_group < 1 or self.object_token_noise < 0:
             raise ValueError(f"env_state_group ({self.env_state_group}) must be >= 1 and object_token_noise "
                              f"({self.object_token_noise}) >= 0")

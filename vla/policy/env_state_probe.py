@@ -13,6 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vla.policy.backbone import spatial_softmax
+
+PROBE_SOURCES = ("tokens", "keypoints")
+
 
 class EnvStateProbe(nn.Module):
     """tokens (B, N, D) + validity mask (B, N) -> environment state (B, E). One learned query per group of `group`
@@ -27,10 +31,35 @@ class EnvStateProbe(nn.Module):
         self.mlp = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, token_dim), nn.GELU(),
                                  nn.Linear(token_dim, group))
 
-    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, images: dict[str, Tensor], tokens: Tensor, mask: Tensor) -> Tensor:
+        del images  # reads the tokens only
         query = self.query.expand(tokens.shape[0], -1, -1)
         pooled, _ = self.attn(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, Q, D)
         return self.mlp(pooled).flatten(1)  # (B, Q * group)
+
+
+class KeypointProbe(nn.Module):
+    """images {camera: (B, 3, S, S) in [0, 1]} -> environment state (B, E), from the pixels rather than the tokens.
+
+    A shallow conv net at half resolution scores `keypoints` maps per camera (weights shared across cameras); a
+    spatial softmax turns each into an expected image position (as in Diffusion Policy's readout), and an MLP maps
+    all cameras' positions to the state. Measured on the tabletop demos it localizes objects several times faster
+    than a probe over the ViT's 16 px patch tokens (README, "Object token").
+    """
+
+    def __init__(self, cameras: tuple[str, ...], state_dim: int, keypoints: int = 32, channels: int = 32) -> None:
+        super().__init__()
+        self.cameras = tuple(cameras)
+        self.maps = nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(channels, keypoints, 1))
+        self.mlp = nn.Sequential(nn.Linear(2 * keypoints * len(self.cameras), 256), nn.GELU(),
+                                 nn.Linear(256, state_dim))
+
+    def forward(self, images: dict[str, Tensor], tokens: Tensor, mask: Tensor) -> Tensor:
+        del tokens, mask  # reads the pixels only
+        points = [spatial_softmax(self.maps(images[c] * 2 - 1)).flatten(1) for c in self.cameras]  # (B, 2K) each
+        return self.mlp(torch.cat(points, 1))
 
 
 class ObjectToken(nn.Module):

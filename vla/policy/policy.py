@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vla.policy.action_head import DiTActionHead, moh_loss
 from vla.policy.backbone import build_backbone
 from vla.policy.config import VLAPolicyConfig
-from vla.policy.env_state_probe import EnvStateProbe, ObjectToken
+from vla.policy.env_state_probe import EnvStateProbe, KeypointProbe, ObjectToken
 from vla.policy.flow import ddim_sample, euler_sample, execute_count, noisy_sample, sample_time, velocity_target
 from vla.policy.normalize import Normalizer
 
@@ -86,7 +86,9 @@ class VLAPolicy(nn.Module):
             raise ValueError("object_token needs env_state_dim > 0 (a dataset with observation.environment_state)")
         if cfg.env_state_dim:
             normalizer.require([ENV_STATE_KEY], "VLAPolicy (env_state_dim > 0)")
-            self.env_state_probe = EnvStateProbe(self.backbone.token_dim, cfg.env_state_dim, cfg.env_state_group)
+            self.env_state_probe = (KeypointProbe(cfg.backbone.cameras, cfg.env_state_dim)
+                                    if cfg.env_state_probe == "keypoints" else
+                                    EnvStateProbe(self.backbone.token_dim, cfg.env_state_dim, cfg.env_state_group))
         if cfg.object_token:
             self.object_token = ObjectToken(cfg.env_state_dim, self.backbone.token_dim)
         self.normalizer = normalizer
@@ -103,7 +105,8 @@ class VLAPolicy(nn.Module):
         state = batch[STATE_KEY]  # (B, S)
         actions = self.normalizer.normalize(ACTION_KEY, to_model_actions(batch[ACTION_KEY], state,
                                                                           self.cfg.relative_actions))  # (B, H, A)
-        tokens, mask = self.backbone(self._images(batch), list(batch["task"]))  # (B, N, D), (B, N)
+        images = self._images(batch)
+        tokens, mask = self.backbone(images, list(batch["task"]))  # (B, N, D), (B, N)
         B = actions.shape[0]
         probe_loss = None
         if self.cfg.env_state_dim:
@@ -111,7 +114,7 @@ class VLAPolicy(nn.Module):
                 raise KeyError(f"VLAPolicy: env_state_dim={self.cfg.env_state_dim}, but the batch lacks "
                                f"'{ENV_STATE_KEY}'")
             env_state = self.normalizer.normalize(ENV_STATE_KEY, batch[ENV_STATE_KEY])
-            probe_loss = F.mse_loss(self.env_state_probe(tokens, mask), env_state)
+            probe_loss = F.mse_loss(self.env_state_probe(images, tokens, mask), env_state)
             if self.cfg.object_token:  # teacher forcing: the recorded state, blurred to the estimate's error scale
                 shown = env_state + self.cfg.object_token_noise * torch.randn(
                     env_state.shape, generator=generator, device=env_state.device, dtype=env_state.dtype)
@@ -155,9 +158,9 @@ class VLAPolicy(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            tokens, mask = self._encode(observations)
+            images, tokens, mask = self._encode(observations)
             if self.cfg.object_token:
-                tokens, mask = self.object_token(tokens, mask, self.env_state_probe(tokens, mask))
+                tokens, mask = self.object_token(tokens, mask, self.env_state_probe(images, tokens, mask))
             noise = self._sampling_noise(len(observations))
             sample = ddim_sample if self.cfg.sampler.kind == "ddim" else euler_sample
             chunk, spread = sample(self.head, self.normalizer.normalize(STATE_KEY, state), tokens, mask,
@@ -180,8 +183,8 @@ class VLAPolicy(nn.Module):
             self.train(was_training)
         return self.normalizer.unnormalize(ENV_STATE_KEY, estimate).float().cpu().numpy()
 
-    def _encode(self, observations: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
-        """Env observations -> backbone tokens and mask."""
+    def _encode(self, observations: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Env observations -> the images at the backbone's size, its tokens and mask."""
         images = {}
         for c in self.cameras:
             key = IMAGE_PREFIX + c
@@ -189,7 +192,7 @@ class VLAPolicy(nn.Module):
                 raise KeyError(f"VLAPolicy: the observation lacks '{key}' (has {sorted(observations[0])})")
             frames = torch.as_tensor(np.stack([o[key] for o in observations])).to(self.device)  # (B, h, w, 3) uint8
             images[c] = resize_images(frames, self.cfg.backbone.image_size).float() / 255
-        return self.backbone(images, [str(o["task"]) for o in observations])
+        return (images, *self.backbone(images, [str(o["task"]) for o in observations]))
 
     def _sampling_noise(self, batch: int) -> Tensor:
         cfg = self.cfg.head
