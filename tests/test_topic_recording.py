@@ -79,7 +79,10 @@ def test_dds_session_records_what_the_topics_carry(tmp_path):
         robot.close()
         bridge.close()
     recorder.send_signal(signal.SIGINT)  # Ctrl-C: finished episodes stay, the dataset is closed
-    output, _ = recorder.communicate(timeout=180)  # closing encodes the videos: slow on 2 busy cores
+    try:
+        output, _ = recorder.communicate(timeout=180)  # closing encodes the videos: slow on 2 busy cores
+    finally:
+        recorder.kill()  # a recorder that failed to close must not outlive the test (it loads the next ones)
     assert recorder.returncode == 0, output
     assert "2 episodes in the dataset" in output, output
     dataset = LeRobotDataset(f"local/{root.name}", root=root)
