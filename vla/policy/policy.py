@@ -37,7 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_TEXT_PREFIX = "backbone.text.encoder."  # loaded from its package, not stored in the checkpoint
 FROZEN_VLM_PREFIX = "backbone.vlm."  # a frozen HF VLM: loaded from backbone.model_dir, not stored either
-PROBE_PREFIX = "env_state_probe."  # training only unless object_token: checkpoints then leave the probe out
+PROBE_PREFIX = "env_state_probe."  # checkpoints leave the training-only probe out (kept with object_token)
 
 
 def resize_images(images_nhwc: Tensor, size: int) -> Tensor:
